@@ -1,0 +1,167 @@
+"""The journal contract, kept by `PostgresJournal` and `MemoryJournal` alike.
+
+One write path: `append(batch)` writes a `Batch` atomically, only while the
+writer's partition lease (partition, epoch) is current. Everything else is a
+read or an operator action. The same contract tests run against both journals.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from .records import (
+    Batch,
+    DeadLetter,
+    Document,
+    DomainEvent,
+    NewWorkflow,
+    Signal,
+    StepRecord,
+    WorkflowPage,
+    WorkflowRow,
+)
+
+__all__ = ["Journal", "WaitingStep"]
+
+import msgspec
+
+
+class WaitingStep(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable timer: a wait step that started and has not finished."""
+
+    workflow_id: str
+    seq: int
+    actor_key: str
+    fire_at: Any  # datetime
+
+
+class Journal(abc.ABC):
+    """Durable state of the runtime. Every method may be cancelled; a cancelled
+    append either committed whole or not at all."""
+
+    # -- life cycle -------------------------------------------------------
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Take ownership of `partitions` for `node_id`, bumping each epoch; return
+        {partition: new epoch}. Appends under an older epoch fail with FencedError."""
+
+    # -- the write path ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def append(self, batch: Batch) -> None:
+        """Write `batch` atomically. Raises FencedError if the lease is stale and
+        IntegrityError if a document's unique_key or an event's (actor_key, seq)
+        or a workflow's idempotency key collides; nothing of the batch is written then."""
+
+    @abc.abstractmethod
+    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+        """Accept a command durably. Returns (row, created). If a workflow with the
+        same id or the same idempotency key exists, returns it with created=False
+        and writes nothing."""
+
+    # -- workflows --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None: ...
+
+    @abc.abstractmethod
+    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None: ...
+
+    @abc.abstractmethod
+    async def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        actor_key: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """Newest first. `cursor` is the `next_cursor` of the previous page."""
+
+    @abc.abstractmethod
+    async def count_workflows_by_status(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def children(self, workflow_id: str) -> list[WorkflowRow]: ...
+
+    @abc.abstractmethod
+    async def unfinished_workflows(self) -> list[WorkflowRow]:
+        """Every workflow whose status is not finished, oldest first."""
+
+    @abc.abstractmethod
+    async def load_steps(self, workflow_id: str) -> list[StepRecord]:
+        """The workflow's step records, by seq."""
+
+    @abc.abstractmethod
+    async def waiting_steps(self) -> list[WaitingStep]:
+        """Every durable timer not yet fired (wait steps started with a fire_at)."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, workflow_id: str) -> list[str]:
+        """Mark the workflow and its unfinished descendants cancel-requested;
+        return their ids. Raises WorkflowNotFoundError, InvalidTransitionError
+        if it has finished."""
+
+    @abc.abstractmethod
+    async def retry_workflow(self, workflow_id: str) -> None:
+        """A failed workflow goes back to pending; its failed steps become
+        'retrying' so replay runs them again. Earlier completed steps stay.
+        Raises WorkflowNotFoundError, InvalidTransitionError unless failed."""
+
+    # -- signals and workflow events ----------------------------------------
+
+    @abc.abstractmethod
+    async def send_signal(self, workflow_id: str, name: str, payload: Any) -> Signal:
+        """Store a signal durably until a wait consumes it. Raises WorkflowNotFoundError."""
+
+    @abc.abstractmethod
+    async def next_signal(self, workflow_id: str, name: str) -> Signal | None:
+        """The oldest unconsumed signal of that name, or None."""
+
+    @abc.abstractmethod
+    async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
+        """(found, value) of a published workflow event."""
+
+    # -- domain events and documents ----------------------------------------
+
+    @abc.abstractmethod
+    async def read_events(self, actor_key: str, after_seq: int = 0) -> list[DomainEvent]: ...
+
+    @abc.abstractmethod
+    async def read_all_events(self) -> list[DomainEvent]:
+        """Every actor's events, by (actor_key, seq): the input of a rebuild."""
+
+    @abc.abstractmethod
+    async def last_event_seq(self, actor_key: str) -> int: ...
+
+    @abc.abstractmethod
+    async def get_document(self, kind: str, doc_id: str) -> Document | None: ...
+
+    @abc.abstractmethod
+    async def find_document(self, kind: str, unique_key: str) -> Document | None: ...
+
+    @abc.abstractmethod
+    async def list_documents(self, kind: str, owner: str | None = None) -> list[Document]: ...
+
+    @abc.abstractmethod
+    async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
+        """Atomically replace every document of `kind` (projection rebuild)."""
+
+    # -- dead letters ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_dead_letter(self, actor_key: str, message: Any, error: str) -> DeadLetter: ...
+
+    @abc.abstractmethod
+    async def list_dead_letters(self, *, include_redelivered: bool = False) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def take_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        """Mark a dead letter redelivered and return it; None if unknown or taken."""

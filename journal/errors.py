@@ -1,0 +1,68 @@
+"""Errors raised by journals. Each names the ids involved and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "JournalError",
+    "JournalUnavailableError",
+    "IntegrityError",
+    "FencedError",
+    "WorkflowNotFoundError",
+    "InvalidTransitionError",
+    "EmbeddedPostgresError",
+]
+
+
+class JournalError(Exception):
+    """Base class of every error the journal raises."""
+
+
+class JournalUnavailableError(JournalError):
+    """The database cannot be reached; the write did not happen and may be retried."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the journal database is unavailable ({detail}); the write was not made, "
+            "retry once PostgreSQL is reachable again"
+        )
+
+
+class IntegrityError(JournalError):
+    """A write broke a uniqueness or referential rule; nothing of its batch was written."""
+
+    def __init__(self, constraint: str, detail: str) -> None:
+        self.constraint = constraint
+        super().__init__(f"integrity check {constraint!r} failed: {detail}")
+
+
+class FencedError(JournalError):
+    """The writer no longer owns the partition at the epoch it wrote with."""
+
+    def __init__(self, partition: int, epoch: int) -> None:
+        self.partition = partition
+        self.epoch = epoch
+        super().__init__(
+            f"partition {partition} is no longer owned at epoch {epoch}; another node took it "
+            "over, so this node must stop its actors for that partition"
+        )
+
+
+class WorkflowNotFoundError(JournalError):
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"no workflow with id {workflow_id!r}; check the id")
+
+
+class InvalidTransitionError(JournalError):
+    def __init__(self, workflow_id: str, status: str, action: str) -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        super().__init__(f"cannot {action} workflow {workflow_id!r}: its status is {status!r}")
+
+
+class EmbeddedPostgresError(JournalError):
+    def __init__(self, data_dir: str, detail: str) -> None:
+        super().__init__(
+            f"could not start the embedded PostgreSQL in {data_dir}: {detail}. "
+            f"See the server log at {data_dir}/log, or set DATABASE_URL to use another server."
+        )

@@ -1,0 +1,365 @@
+"""MemoryJournal: the journal contract in one process's memory, for fast tests.
+
+Same semantics as PostgresJournal (atomic batches, fencing, uniqueness), no
+durability. A lock makes each call atomic with respect to the others, like a
+transaction would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+
+from .base import Journal, WaitingStep
+from .errors import FencedError, IntegrityError, InvalidTransitionError, WorkflowNotFoundError
+from .records import (
+    FINISHED_STATUSES,
+    PARTITION_COUNT,
+    Batch,
+    DeadLetter,
+    Document,
+    DomainEvent,
+    NewWorkflow,
+    Signal,
+    StepRecord,
+    WorkflowPage,
+    WorkflowRow,
+)
+
+__all__ = ["MemoryJournal"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryJournal(Journal):
+    """A journal that lives in memory; everything is lost with the process."""
+
+    def __init__(self) -> None:
+        self._lock = anyio.Lock()
+        self._leases: dict[int, tuple[str, int]] = {p: ("", 0) for p in range(PARTITION_COUNT)}
+        self._workflows: dict[str, WorkflowRow] = {}
+        self._by_idempotency_key: dict[str, str] = {}
+        self._positions = itertools.count(1)
+        self._steps: dict[str, dict[int, StepRecord]] = {}
+        self._events: dict[str, dict[int, DomainEvent]] = {}
+        self._documents: dict[tuple[str, str], Document] = {}
+        self._workflow_events: dict[tuple[str, str], Any] = {}
+        self._signals: dict[int, Signal] = {}
+        self._signal_ids = itertools.count(1)
+        self._dead_letters: dict[int, DeadLetter] = {}
+        self._dead_letter_ids = itertools.count(1)
+
+    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
+        async with self._lock:
+            claimed = {}
+            for partition in partitions:
+                _, epoch = self._leases[partition]
+                self._leases[partition] = (node_id, epoch + 1)
+                claimed[partition] = epoch + 1
+            return claimed
+
+    # -- the write path ---------------------------------------------------
+
+    async def append(self, batch: Batch) -> None:
+        async with self._lock:
+            self._check_lease(batch.partition, batch.epoch)
+            self._check_integrity(batch)
+            self._apply(batch)
+
+    def _check_lease(self, partition: int, epoch: int) -> None:
+        if self._leases[partition][1] != epoch:
+            raise FencedError(partition, epoch)
+
+    def _check_integrity(self, batch: Batch) -> None:
+        for event in batch.events:
+            if event.seq in self._events.get(event.actor_key, {}):
+                raise IntegrityError(
+                    "events_pkey", f"event {event.seq} of {event.actor_key!r} already exists"
+                )
+        claimed: dict[tuple[str, str], str] = {}
+        for doc in batch.documents:
+            if doc.unique_key is None:
+                continue
+            holder = claimed.get((doc.kind, doc.unique_key)) or self._unique_holder(doc)
+            if holder is not None and holder != doc.id:
+                raise IntegrityError(
+                    "documents_unique_key",
+                    f"{doc.kind} {doc.unique_key!r} already belongs to {holder!r}",
+                )
+            claimed[(doc.kind, doc.unique_key)] = doc.id
+        for wf in batch.workflows:
+            self._check_new_workflow(wf)
+
+    def _unique_holder(self, doc: Document) -> str | None:
+        for (kind, doc_id), existing in self._documents.items():
+            if kind == doc.kind and existing.unique_key == doc.unique_key:
+                return doc_id
+        return None
+
+    def _check_new_workflow(self, wf: NewWorkflow) -> None:
+        key = wf.idempotency_key
+        if key is not None and self._by_idempotency_key.get(key, wf.id) != wf.id:
+            raise IntegrityError("workflows_idempotency_key", f"idempotency key {key!r} is taken")
+
+    def _apply(self, batch: Batch) -> None:
+        now = _now()
+        for wf in batch.workflows:
+            self._insert_workflow(wf, now)
+        for step in batch.steps:
+            self._steps.setdefault(step.workflow_id, {})[step.seq] = step
+        for change in batch.statuses:
+            row = self._require(change.workflow_id)
+            self._workflows[row.id] = msgspec.structs.replace(
+                row, status=change.status, result=change.result, error=change.error, updated_at=now
+            )
+        for event in batch.events:
+            stamped = msgspec.structs.replace(event, created_at=now)
+            self._events.setdefault(event.actor_key, {})[event.seq] = stamped
+        for doc in batch.documents:
+            self._documents[(doc.kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
+        for wf_event in batch.workflow_events:
+            self._workflow_events[(wf_event.workflow_id, wf_event.key)] = wf_event.value
+        for signal_id in batch.consumed_signals:
+            self._signals[signal_id] = msgspec.structs.replace(
+                self._signals[signal_id], consumed=True
+            )
+
+    def _insert_workflow(self, wf: NewWorkflow, now: datetime) -> WorkflowRow:
+        if wf.id in self._workflows:
+            return self._workflows[wf.id]
+        row = WorkflowRow(
+            id=wf.id,
+            name=wf.name,
+            actor_key=wf.actor_key,
+            partition=wf.partition,
+            status="pending",
+            input=wf.input,
+            idempotency_key=wf.idempotency_key,
+            request_hash=wf.request_hash,
+            parent_id=wf.parent_id,
+            trace_id=wf.trace_id,
+            created_at=now,
+            updated_at=now,
+            position=next(self._positions),
+        )
+        self._workflows[wf.id] = row
+        if wf.idempotency_key is not None:
+            self._by_idempotency_key[wf.idempotency_key] = wf.id
+        return row
+
+    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+        async with self._lock:
+            existing = self._workflows.get(workflow.id)
+            if existing is None and workflow.idempotency_key is not None:
+                existing_id = self._by_idempotency_key.get(workflow.idempotency_key)
+                existing = self._workflows.get(existing_id) if existing_id else None
+            if existing is not None:
+                return existing, False
+            return self._insert_workflow(workflow, _now()), True
+
+    # -- workflows --------------------------------------------------------
+
+    def _require(self, workflow_id: str) -> WorkflowRow:
+        row = self._workflows.get(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return row
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        return self._workflows.get(workflow_id)
+
+    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None:
+        workflow_id = self._by_idempotency_key.get(key)
+        return self._workflows.get(workflow_id) if workflow_id else None
+
+    async def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        actor_key: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        before = int(cursor) if cursor else None
+        rows = sorted(self._workflows.values(), key=lambda r: r.position, reverse=True)
+        matching = [
+            r
+            for r in rows
+            if (status is None or r.status == status)
+            and (actor_key is None or r.actor_key == actor_key)
+            and (name is None or r.name == name)
+            and (before is None or r.position < before)
+        ]
+        page = matching[:limit]
+        more = len(matching) > limit
+        return WorkflowPage(
+            workflows=page, next_cursor=str(page[-1].position) if more and page else None
+        )
+
+    async def count_workflows_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._workflows.values():
+            counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+    async def children(self, workflow_id: str) -> list[WorkflowRow]:
+        found = [r for r in self._workflows.values() if r.parent_id == workflow_id]
+        return sorted(found, key=lambda r: r.position)
+
+    async def unfinished_workflows(self) -> list[WorkflowRow]:
+        found = [r for r in self._workflows.values() if r.status not in FINISHED_STATUSES]
+        return sorted(found, key=lambda r: r.position)
+
+    async def load_steps(self, workflow_id: str) -> list[StepRecord]:
+        steps = self._steps.get(workflow_id, {})
+        return [steps[seq] for seq in sorted(steps)]
+
+    async def waiting_steps(self) -> list[WaitingStep]:
+        waiting = []
+        for workflow_id, steps in self._steps.items():
+            for step in steps.values():
+                if step.kind == "wait" and step.status == "started" and step.fire_at is not None:
+                    row = self._workflows[workflow_id]
+                    waiting.append(
+                        WaitingStep(
+                            workflow_id=workflow_id,
+                            seq=step.seq,
+                            actor_key=row.actor_key,
+                            fire_at=step.fire_at,
+                        )
+                    )
+        return sorted(waiting, key=lambda w: w.fire_at)
+
+    async def request_cancel(self, workflow_id: str) -> list[str]:
+        async with self._lock:
+            row = self._require(workflow_id)
+            if row.status in FINISHED_STATUSES:
+                raise InvalidTransitionError(workflow_id, row.status, "cancel")
+            marked = []
+            pending = [row]
+            while pending:
+                current = pending.pop()
+                if current.status in FINISHED_STATUSES:
+                    continue
+                self._workflows[current.id] = msgspec.structs.replace(
+                    current, cancel_requested=True, updated_at=_now()
+                )
+                marked.append(current.id)
+                pending.extend(r for r in self._workflows.values() if r.parent_id == current.id)
+            return marked
+
+    async def retry_workflow(self, workflow_id: str) -> None:
+        async with self._lock:
+            row = self._require(workflow_id)
+            if row.status != "failed":
+                raise InvalidTransitionError(workflow_id, row.status, "retry")
+            steps = self._steps.get(workflow_id, {})
+            for seq, step in steps.items():
+                if step.status == "failed":
+                    steps[seq] = msgspec.structs.replace(step, status="retrying")
+            self._workflows[workflow_id] = msgspec.structs.replace(
+                row, status="pending", error=None, updated_at=_now()
+            )
+
+    # -- signals and workflow events ----------------------------------------
+
+    async def send_signal(self, workflow_id: str, name: str, payload: Any) -> Signal:
+        async with self._lock:
+            self._require(workflow_id)
+            signal = Signal(
+                id=next(self._signal_ids),
+                workflow_id=workflow_id,
+                name=name,
+                payload=payload,
+                created_at=_now(),
+            )
+            self._signals[signal.id] = signal
+            return signal
+
+    async def next_signal(self, workflow_id: str, name: str) -> Signal | None:
+        for signal in self._signals.values():  # dicts keep insertion (id) order
+            if signal.workflow_id == workflow_id and signal.name == name and not signal.consumed:
+                return signal
+        return None
+
+    async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
+        if (workflow_id, key) in self._workflow_events:
+            return True, self._workflow_events[(workflow_id, key)]
+        return False, None
+
+    # -- domain events and documents ----------------------------------------
+
+    async def read_events(self, actor_key: str, after_seq: int = 0) -> list[DomainEvent]:
+        events = self._events.get(actor_key, {})
+        return [events[seq] for seq in sorted(events) if seq > after_seq]
+
+    async def read_all_events(self) -> list[DomainEvent]:
+        return [
+            event
+            for actor_key in sorted(self._events)
+            for event in await self.read_events(actor_key)
+        ]
+
+    async def last_event_seq(self, actor_key: str) -> int:
+        return max(self._events.get(actor_key, {}), default=0)
+
+    async def get_document(self, kind: str, doc_id: str) -> Document | None:
+        return self._documents.get((kind, doc_id))
+
+    async def find_document(self, kind: str, unique_key: str) -> Document | None:
+        for (doc_kind, _), doc in self._documents.items():
+            if doc_kind == kind and doc.unique_key == unique_key:
+                return doc
+        return None
+
+    async def list_documents(self, kind: str, owner: str | None = None) -> list[Document]:
+        found = [
+            doc
+            for (doc_kind, _), doc in self._documents.items()
+            if doc_kind == kind and (owner is None or doc.owner == owner)
+        ]
+        return sorted(found, key=lambda d: d.id)
+
+    async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
+        async with self._lock:
+            for key in [k for k in self._documents if k[0] == kind]:
+                del self._documents[key]
+            now = _now()
+            for doc in documents:
+                self._documents[(kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
+
+    # -- dead letters ---------------------------------------------------------
+
+    async def add_dead_letter(self, actor_key: str, message: Any, error: str) -> DeadLetter:
+        letter = DeadLetter(
+            id=next(self._dead_letter_ids),
+            actor_key=actor_key,
+            message=message,
+            error=error,
+            created_at=_now(),
+        )
+        self._dead_letters[letter.id] = letter
+        return letter
+
+    async def list_dead_letters(self, *, include_redelivered: bool = False) -> list[DeadLetter]:
+        return [
+            letter
+            for letter in self._dead_letters.values()
+            if include_redelivered or letter.redelivered_at is None
+        ]
+
+    async def take_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        letter = self._dead_letters.get(letter_id)
+        if letter is None or letter.redelivered_at is not None:
+            return None
+        taken = msgspec.structs.replace(letter, redelivered_at=_now())
+        self._dead_letters[letter_id] = taken
+        return taken

@@ -1,0 +1,172 @@
+"""What the journal stores: every row is a frozen msgspec Struct.
+
+Payloads (workflow input and result, step input and output, event payloads,
+documents) are plain JSON values (dict, list, str, int, float, bool, None); the
+runtime converts typed values to and from them. Timestamps are timezone-aware UTC.
+New fields get defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "PARTITION_COUNT",
+    "FINISHED_STATUSES",
+    "Batch",
+    "DeadLetter",
+    "Document",
+    "DomainEvent",
+    "NewWorkflow",
+    "Signal",
+    "StatusChange",
+    "StepRecord",
+    "WorkflowEventRecord",
+    "WorkflowRow",
+    "WorkflowPage",
+]
+
+# Customers hash into a fixed set of partitions; never changes for a database.
+PARTITION_COUNT: Final = 256
+
+FINISHED_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
+    """An accepted command: a workflow to run on an actor."""
+
+    id: str
+    name: str
+    actor_key: str
+    partition: int
+    input: Any = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    parent_id: str | None = None
+    trace_id: str = ""
+
+
+class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    actor_key: str
+    partition: int
+    status: str
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    parent_id: str | None = None
+    trace_id: str = ""
+    cancel_requested: bool = False
+    created_at: datetime
+    updated_at: datetime
+    position: int = 0
+
+
+class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
+    workflows: list[WorkflowRow]
+    next_cursor: str | None = None
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One journaled step. Upserted by (workflow_id, seq).
+
+    kind: "step" (a function), "wait" (signal or timer), "child", "event", "sleep".
+    status: "started" (write-ahead), "completed", "failed" (attempts exhausted),
+    "retrying" (failed, then an operator asked for a retry).
+    """
+
+    workflow_id: str
+    seq: int
+    name: str
+    kind: str = "step"
+    status: str
+    attempt: int = 1
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    fire_at: datetime | None = None
+
+
+class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+
+
+class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry of an actor's event log; primary key (actor_key, seq)."""
+
+    actor_key: str
+    seq: int
+    type: str
+    payload: Any = None
+    workflow_id: str | None = None
+    created_at: datetime | None = None
+
+
+class Document(msgspec.Struct, frozen=True, kw_only=True):
+    """A projection row (the CQRS read side). Upserted by (kind, id).
+
+    unique_key, when set, is unique within its kind: the integrity check a
+    write relies on. owner groups documents for listing (e.g. a customer's messages).
+    """
+
+    kind: str
+    id: str
+    data: Any
+    unique_key: str | None = None
+    owner: str | None = None
+    updated_at: datetime | None = None
+
+
+class WorkflowEventRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A value a workflow publishes for callers, by key."""
+
+    workflow_id: str
+    key: str
+    value: Any = None
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    workflow_id: str
+    name: str
+    payload: Any = None
+    consumed: bool = False
+    created_at: datetime | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    actor_key: str
+    message: Any
+    error: str
+    created_at: datetime
+    redelivered_at: datetime | None = None
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one journal append writes, atomically: all of it or none.
+
+    partition and epoch are the writer's lease on the actor's partition; the
+    append commits only while that lease is current (the scale-out fence).
+    """
+
+    partition: int
+    epoch: int
+    workflows: tuple[NewWorkflow, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    statuses: tuple[StatusChange, ...] = ()
+    events: tuple[DomainEvent, ...] = ()
+    documents: tuple[Document, ...] = ()
+    workflow_events: tuple[WorkflowEventRecord, ...] = ()
+    consumed_signals: tuple[int, ...] = ()
