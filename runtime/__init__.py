@@ -1,0 +1,50 @@
+"""The Retinue runtime: actors with mailboxes, durable workflows, supervision.
+
+Import from here; the modules behind it are private.
+"""
+
+from .context import StepInfo, Wakeup, WorkflowContext, current_step
+from .errors import (
+    NonDeterminismError,
+    NonRetryableError,
+    OverloadedError,
+    RetinueError,
+    SimulatedCrash,
+    StepFailedError,
+    UnknownWorkflowTypeError,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+)
+from .faults import CrashingJournal
+from .partitions import partition_of
+from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
+from .store import Reader, WriteSet, event_type_of
+from .system import Runtime, RuntimeStatistics, WorkflowFn
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "NO_RETRY",
+    "CrashingJournal",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "OverloadedError",
+    "Reader",
+    "RestartPolicy",
+    "RetinueError",
+    "RetryPolicy",
+    "Runtime",
+    "RuntimeStatistics",
+    "SimulatedCrash",
+    "StepFailedError",
+    "StepInfo",
+    "UnknownWorkflowTypeError",
+    "Wakeup",
+    "WorkflowCancelledError",
+    "WorkflowContext",
+    "WorkflowFailedError",
+    "WorkflowFn",
+    "WriteSet",
+    "current_step",
+    "event_type_of",
+    "partition_of",
+]

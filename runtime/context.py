@@ -1,0 +1,367 @@
+"""The workflow context: journaled steps, durable waits, children and events.
+
+A workflow is replayed from the start every time it runs. Each call below takes
+the next sequence number; if the journal already holds a finished record at that
+number, the recorded outcome is returned and nothing runs again. Otherwise the
+step runs, preceded by a write-ahead "started" record when it has effects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import msgspec
+
+from journal import (
+    Batch,
+    Journal,
+    NewWorkflow,
+    StatusChange,
+    StepRecord,
+    WorkflowEventRecord,
+    WorkflowRow,
+)
+
+from .codec import from_json_value, return_type_of, to_json_value
+from .errors import NonDeterminismError, NonRetryableError, StepFailedError, WorkflowCancelledError
+from .policy import DEFAULT_RETRY, RetryPolicy
+from .store import Reader, WriteSet
+
+__all__ = ["WorkflowContext", "StepInfo", "Wakeup", "current_step", "Suspended"]
+
+T = TypeVar("T")
+
+
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The step being run; side effects pass `idempotency_key` on."""
+
+    workflow_id: str
+    seq: int
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.workflow_id}:{self.seq}"
+
+
+_current_step: ContextVar[StepInfo] = ContextVar("retinue_current_step")
+
+
+def current_step() -> StepInfo:
+    """The step whose function is running now. Raises LookupError outside a step."""
+    return _current_step.get()
+
+
+class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
+    """How a durable wait ended: a signal's payload, or the timer."""
+
+    timed_out: bool
+    payload: Any = None
+
+
+class Suspended(BaseException):  # noqa: N818 - control flow, like trio's Cancelled
+    """Raised inside a workflow that must wait; its actor moves on. Never catch it."""
+
+
+class RunHost(Protocol):
+    """What a context needs from the runtime hosting it."""
+
+    journal: Journal
+
+    async def commit(self, batch: Batch) -> None: ...
+    def epoch_of(self, partition: int) -> int: ...
+    def cancel_requested(self, workflow_id: str) -> bool: ...
+    def next_event_seq(self, actor_key: str) -> int: ...
+    def events_committed(self, actor_key: str, count: int) -> None: ...
+    def child_started(self, child: NewWorkflow) -> None: ...
+    def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None: ...
+    def event_published(self, workflow_id: str, key: str, value: Any) -> None: ...
+    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None: ...
+    def partition_of(self, actor_key: str) -> int: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkflowContext:
+    """Handed to a workflow function; every method is a durable step. Cancellable."""
+
+    def __init__(self, host: RunHost, row: WorkflowRow, history: dict[int, StepRecord]) -> None:
+        self._host = host
+        self._row = row
+        self._history = history
+        self._seq = 0
+        self._status = row.status
+        self.reader = Reader(host.journal)
+
+    @property
+    def workflow_id(self) -> str:
+        return self._row.id
+
+    @property
+    def actor_key(self) -> str:
+        return self._row.actor_key
+
+    # -- steps -------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        *args: Any,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        effect: bool = True,
+    ) -> T:
+        """Run `fn(*args)` once, durably; return its (recorded) result.
+
+        With `effect=True` a "started" record is committed before `fn` runs, so a
+        crash mid-step re-runs it with the same `current_step().idempotency_key`.
+        A pure or read-only step passes `effect=False` and saves that write.
+        Raises StepFailedError when `retry` is used up.
+        """
+        seq, recorded = self._next("step", name)
+        if recorded is not None and recorded.status == "completed":
+            return from_json_value(recorded.output, return_type_of(fn))  # type: ignore[no-any-return]
+        if recorded is not None and recorded.status == "failed":
+            raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
+        self._check_cancelled()
+        attempt = 1 if recorded is None or recorded.status == "retrying" else recorded.attempt + 1
+        return await self._attempts(seq, name, fn, args, retry, effect, attempt, recorded)
+
+    async def _attempts(
+        self,
+        seq: int,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        retry: RetryPolicy,
+        effect: bool,
+        attempt: int,
+        recorded: StepRecord | None,
+    ) -> Any:
+        started_at = recorded.started_at if recorded is not None else _now()
+        last_error = recorded.error if recorded is not None else None
+        while True:
+            if effect:
+                await self._write_step(seq, name, "started", attempt, started_at, error=last_error)
+            began = time.perf_counter()
+            try:
+                result = await self._call(fn, args, StepInfo(
+                    workflow_id=self.workflow_id, seq=seq, name=name, attempt=attempt
+                ))
+            except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
+                last_error = f"{type(exc).__name__}: {exc}"
+                self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
+                if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, attempt):
+                    await self._write_step(
+                        seq, name, "failed", attempt, started_at, error=last_error, finished=True
+                    )
+                    raise StepFailedError(self.workflow_id, seq, name, last_error) from exc
+                await anyio.sleep(retry.backoff(attempt))
+                attempt += 1
+                continue
+            self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
+            await self._write_step(
+                seq, name, "completed", attempt, started_at, output=to_json_value(result),
+                error=last_error, finished=True,
+            )
+            return result
+
+    @staticmethod
+    async def _call(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo) -> Any:
+        token = _current_step.set(info)
+        try:
+            result = fn(*args)
+            if isinstance(result, Awaitable):
+                result = await result
+            return result
+        finally:
+            _current_step.reset(token)
+
+    async def write(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(write_set, *args)` and commit its documents and events in ONE
+        batch with the step's completion. It either happened whole or not at all,
+        so it needs no write-ahead record. journal.IntegrityError propagates (the
+        step is then recorded failed, and replay raises StepFailedError)."""
+        seq, recorded = self._next("write", name)
+        if recorded is not None and recorded.status == "completed":
+            return from_json_value(recorded.output, return_type_of(fn))  # type: ignore[no-any-return]
+        if recorded is not None and recorded.status == "failed":
+            raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
+        self._check_cancelled()
+        writes = WriteSet(self.actor_key)
+        result = fn(writes, *args)
+        first_seq = self._host.next_event_seq(self.actor_key)
+        events = writes.domain_events(first_seq, self.workflow_id)
+        record = self._record(
+            seq, name, "write", "completed", 1, _now(), output=to_json_value(result), finished=True
+        )
+        try:
+            await self._commit(record, documents=tuple(writes.documents), events=events)
+        except Exception as exc:
+            failed = self._record(
+                seq, name, "write", "failed", 1, record.started_at,
+                error=f"{type(exc).__name__}: {exc}", finished=True,
+            )
+            await self._commit(failed)
+            raise
+        self._host.events_committed(self.actor_key, len(events))
+        return result
+
+    async def now(self) -> datetime:
+        """The current time, journaled so a replay sees the same instant."""
+        return await self.step("now", _now, effect=False)
+
+    # -- children and events -------------------------------------------------
+
+    async def start_child(self, workflow: str, input: Any, *, actor_key: str | None = None) -> str:
+        """Start a child workflow without waiting for it; return its id.
+
+        Its id is derived from this step, so a replay never starts it twice."""
+        seq, recorded = self._next("child", workflow)
+        if recorded is not None and recorded.status == "completed":
+            return str(recorded.output)
+        self._check_cancelled()
+        child_key = actor_key or self.actor_key
+        child = NewWorkflow(
+            id=f"{self.workflow_id}:{seq}",
+            name=workflow,
+            actor_key=child_key,
+            partition=self._host.partition_of(child_key),
+            input=to_json_value(input),
+            parent_id=self.workflow_id,
+            trace_id=self._row.trace_id,
+        )
+        record = self._record(seq, workflow, "child", "completed", 1, _now(), output=child.id,
+                              finished=True)
+        await self._commit(record, workflows=(child,))
+        self._host.child_started(child)
+        return child.id
+
+    async def set_event(self, key: str, value: Any) -> None:
+        """Publish `value` under `key` for callers waiting on this workflow."""
+        seq, recorded = self._next("event", key)
+        if recorded is not None and recorded.status == "completed":
+            return
+        value = to_json_value(value)
+        record = self._record(seq, key, "event", "completed", 1, _now(), output=value,
+                              finished=True)
+        event = WorkflowEventRecord(workflow_id=self.workflow_id, key=key, value=value)
+        await self._commit(record, workflow_events=(event,))
+        self._host.event_published(self.workflow_id, key, value)
+
+    # -- durable waits ---------------------------------------------------------
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Wakeup:
+        """Wait durably for the signal `name`, or for `timeout` seconds.
+
+        The actor handles other messages meanwhile; the wait and its timer
+        survive restarts; each signal is consumed exactly once."""
+        return await self._wait(f"signal:{name}", name, timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """A durable timer: sleep `seconds`, across restarts if need be."""
+        await self._wait("sleep", None, seconds)
+
+    async def _wait(self, step_name: str, signal: str | None, timeout: float | None) -> Wakeup:
+        seq, recorded = self._next("wait", step_name)
+        if recorded is not None and recorded.status == "completed":
+            return msgspec.convert(recorded.output, Wakeup)
+        self._check_cancelled()
+        started_at = recorded.started_at if recorded is not None else _now()
+        fire_at = recorded.fire_at if recorded is not None else None
+        if recorded is None and timeout is not None:
+            fire_at = started_at + timedelta(seconds=timeout)
+        if signal is not None:
+            found = await self._host.journal.next_signal(self.workflow_id, signal)
+            if found is not None:
+                return await self._wake(seq, step_name, started_at, fire_at, found.payload, found.id)
+        if fire_at is not None and _now() >= fire_at:
+            return await self._wake(seq, step_name, started_at, fire_at, None, None)
+        if recorded is None:
+            record = self._record(seq, step_name, "wait", "started", 1, started_at,
+                                  fire_at=fire_at, input=signal)
+            await self._commit(record, status="waiting")
+        if fire_at is not None:
+            self._host.timer_set(self.workflow_id, self.actor_key, fire_at)
+        raise Suspended
+
+    async def _wake(
+        self, seq: int, name: str, started_at: datetime, fire_at: datetime | None,
+        payload: Any, signal_id: int | None,
+    ) -> Wakeup:
+        wakeup = Wakeup(timed_out=signal_id is None, payload=payload)
+        record = self._record(seq, name, "wait", "completed", 1, started_at, fire_at=fire_at,
+                              output=to_json_value(wakeup), finished=True)
+        consumed = (signal_id,) if signal_id is not None else ()
+        await self._commit(record, consumed_signals=consumed)
+        return wakeup
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _next(self, kind: str, name: str) -> tuple[int, StepRecord | None]:
+        """Take the next seq and check the journal holds the same step there."""
+        self._seq += 1
+        recorded = self._history.get(self._seq)
+        if recorded is not None and (recorded.kind != kind or recorded.name != name):
+            raise NonDeterminismError(
+                self.workflow_id, self._seq, f"{kind} {name}", f"{recorded.kind} {recorded.name}"
+            )
+        return self._seq, recorded
+
+    def _check_cancelled(self) -> None:
+        if self._host.cancel_requested(self.workflow_id):
+            raise WorkflowCancelledError(self.workflow_id)
+
+    def _record(
+        self, seq: int, name: str, kind: str, status: str, attempt: int, started_at: datetime,
+        *, input: Any = None, output: Any = None, error: str | None = None,
+        finished: bool = False, fire_at: datetime | None = None,
+    ) -> StepRecord:
+        return StepRecord(
+            workflow_id=self.workflow_id, seq=seq, name=name, kind=kind, status=status,
+            attempt=attempt, input=input, output=output, error=error, started_at=started_at,
+            finished_at=_now() if finished else None, fire_at=fire_at,
+        )
+
+    async def _write_step(
+        self, seq: int, name: str, status: str, attempt: int, started_at: datetime,
+        *, output: Any = None, error: str | None = None, finished: bool = False,
+    ) -> None:
+        record = self._record(seq, name, "step", status, attempt, started_at,
+                              output=output, error=error, finished=finished)
+        await self._commit(record)
+
+    async def _commit(
+        self, record: StepRecord, *, status: str = "running", **parts: Any
+    ) -> None:
+        """Commit a step record (plus `parts`), moving the workflow to `status`
+        in the same batch when it is not there yet."""
+        statuses = ()
+        if self._status != status:
+            statuses = (StatusChange(workflow_id=self.workflow_id, status=status),)
+        partition = self._row.partition
+        batch = Batch(
+            partition=partition, epoch=self._host.epoch_of(partition),
+            steps=(record,), statuses=statuses, **parts,
+        )
+        await self._host.commit(batch)
+        self._status = status
+        self._history[record.seq] = record
+
+    async def finish(self, status: str, *, result: Any = None, error: str | None = None) -> None:
+        """Record the workflow's end (the runtime calls this, not workflow code)."""
+        partition = self._row.partition
+        change = StatusChange(workflow_id=self.workflow_id, status=status,
+                              result=result, error=error)
+        await self._host.commit(
+            Batch(partition=partition, epoch=self._host.epoch_of(partition), statuses=(change,))
+        )
+        self._status = status

@@ -1,0 +1,86 @@
+"""Errors the runtime raises. Each message says what happened, with the ids, and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "RetinueError",
+    "NonDeterminismError",
+    "StepFailedError",
+    "NonRetryableError",
+    "WorkflowCancelledError",
+    "OverloadedError",
+    "UnknownWorkflowTypeError",
+    "WorkflowFailedError",
+    "SimulatedCrash",
+]
+
+
+class RetinueError(Exception):
+    """Base class of the runtime's errors."""
+
+
+class NonDeterminismError(RetinueError):
+    """Replayed code asked for a different step than the journal holds."""
+
+    def __init__(self, workflow_id: str, seq: int, expected: str, found: str) -> None:
+        self.workflow_id = workflow_id
+        self.seq = seq
+        super().__init__(
+            f"workflow {workflow_id!r} at seq {seq} asked for step {expected!r}, but the journal "
+            f"holds {found!r} there. Check that your workflow is deterministic: the same input "
+            "must ask for the same steps in the same order (read clocks and randomness in steps)."
+        )
+
+
+class StepFailedError(RetinueError):
+    """A step failed for good: its retry policy is used up or it raised NonRetryableError."""
+
+    def __init__(self, workflow_id: str, seq: int, name: str, error: str) -> None:
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.step_name = name
+        self.error = error
+        super().__init__(
+            f"step {name!r} (seq {seq}) of workflow {workflow_id!r} failed: {error}. "
+            f"Fix the cause, then POST /workflows/{workflow_id}/retry to resume from this step."
+        )
+
+
+class NonRetryableError(RetinueError):
+    """Raise from a step to fail it at once, without further attempts."""
+
+
+class WorkflowCancelledError(RetinueError):
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id!r} was cancelled by an operator")
+
+
+class OverloadedError(RetinueError):
+    """A bound was reached; nothing was accepted. Retry after `retry_after` seconds."""
+
+    def __init__(self, what: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"{what}; nothing was accepted, retry in {retry_after:g} s")
+
+
+class UnknownWorkflowTypeError(RetinueError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"no workflow named {name!r} is registered (known: {', '.join(sorted(known))}); "
+            "register it with Runtime.register before starting it"
+        )
+
+
+class WorkflowFailedError(RetinueError):
+    def __init__(self, workflow_id: str, error: str | None) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id!r} failed: {error}")
+
+
+class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error, it stands for kill -9
+    """Injected by tests to stand for a process death right after a journal write.
+
+    A BaseException so no supervisor catches it: it tears the runtime down, as a
+    kill would.
+    """

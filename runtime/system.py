@@ -1,0 +1,455 @@
+"""The Runtime: actors by key, workflows on them, recovery, timers and signals."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from journal import (
+    FINISHED_STATUSES,
+    PARTITION_COUNT,
+    Batch,
+    DeadLetter,
+    Journal,
+    JournalUnavailableError,
+    NewWorkflow,
+    StatusChange,
+    WorkflowRow,
+)
+
+from .actor import Actor, ActorHost, Run
+from .codec import from_json_value, input_type_of, to_json_value
+from .context import RunHost, Suspended, WorkflowContext
+from .errors import (
+    NonDeterminismError,
+    OverloadedError,
+    StepFailedError,
+    UnknownWorkflowTypeError,
+    WorkflowCancelledError,
+)
+from .metrics import RuntimeMetrics
+from .partitions import partition_of
+from .policy import RestartPolicy
+from .timers import TimerService
+
+__all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
+
+_log = logging.getLogger("retinue.runtime")
+
+WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
+
+
+class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    active_actors: int
+    mailbox_depth: int
+    in_flight: int
+    timers: int
+    ready: bool
+
+
+class Runtime(ActorHost, RunHost):
+    """Hosts workflows on actors over a journal. Open it with `async with`.
+
+    On open it claims its partitions, recovers every unfinished workflow by
+    replay and re-arms durable timers. On close it stops intake, gives
+    in-flight messages `grace` seconds, then cancels what is left; abandoned
+    steps are re-run (same idempotency key) on the next open.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        node_id: str | None = None,
+        mailbox_size: int = 64,
+        max_in_flight: int = 10_000,
+        idle_timeout: float = 60.0,
+        restart: RestartPolicy | None = None,
+        grace: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.journal = journal
+        self.node_id = node_id or f"node-{uuid.uuid4().hex[:12]}"
+        self.metrics = RuntimeMetrics(registry or CollectorRegistry())
+        self.metrics.watch(lambda: len(self._actors), self._mailbox_depth)
+        self._mailbox_size = mailbox_size
+        self._max_in_flight = max_in_flight
+        self._idle_timeout = idle_timeout
+        self._restart = restart or RestartPolicy()
+        self._grace = grace
+        self._workflows: dict[str, WorkflowFn] = {}
+        self._actors: dict[str, Actor] = {}
+        self._epochs: dict[int, int] = {}
+        self._in_flight = 0
+        self._cancelling: set[str] = set()
+        self._event_waiters: dict[tuple[str, str], anyio.Event] = {}
+        self._finish_waiters: dict[str, anyio.Event] = {}
+        self._timers = TimerService(self._timer_fired)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._accepting = False
+        self._ready = False
+
+    # -- registration -----------------------------------------------------------
+
+    def register(self, fn: WorkflowFn, *, name: str | None = None) -> WorkflowFn:
+        """Make `fn(ctx, input)` startable as workflow `name` (default: its __name__)."""
+        self._workflows[name or fn.__name__] = fn
+        return fn
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            self._epochs = await self.journal.claim_partitions(
+                self.node_id, range(PARTITION_COUNT)
+            )
+            self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+            await self._tg.start(self._timers.run)
+            await self._recover()
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        self._accepting = True
+        self._ready = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._accepting = False
+        self._ready = False
+        assert self._tg is not None and self._stack is not None
+        if exc is None:
+            with anyio.move_on_after(self._grace, shield=True):
+                while any(a.current is not None or a.depth() for a in self._actors.values()):
+                    await anyio.sleep(0.01)
+        self._tg.cancel_scope.cancel()
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def _recover(self) -> None:
+        # Every unfinished workflow is replayed, waiting ones too: a signal stored
+        # just before a crash may not have woken its workflow.
+        for waiting in await self.journal.waiting_steps():
+            self._timers.set(waiting.workflow_id, waiting.actor_key, waiting.fire_at)
+        for row in await self.journal.unfinished_workflows():
+            self.metrics.replays.inc()
+            self._deliver(row.actor_key, Run(workflow_id=row.id))
+
+    # -- commands -----------------------------------------------------------------
+
+    async def start_workflow(
+        self,
+        name: str,
+        input: Any,
+        *,
+        actor_key: str,
+        workflow_id: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        trace_id: str | None = None,
+    ) -> tuple[WorkflowRow, bool]:
+        """Accept a workflow durably and queue it on its actor; (row, created).
+
+        Raises OverloadedError (nothing written) past the in-flight or mailbox
+        bound. With an existing id or idempotency key, returns that workflow
+        with created=False and starts nothing."""
+        if name not in self._workflows:
+            raise UnknownWorkflowTypeError(name, list(self._workflows))
+        self._check_capacity(actor_key)
+        new = NewWorkflow(
+            id=workflow_id or uuid.uuid4().hex,
+            name=name,
+            actor_key=actor_key,
+            partition=partition_of(actor_key),
+            input=to_json_value(input),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            trace_id=trace_id or uuid.uuid4().hex,
+        )
+        self._in_flight += 1
+        try:
+            row, created = await self.journal.create_workflow(new)
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        if not created:
+            self._in_flight -= 1
+            return row, False
+        self.metrics.workflows_started.labels(name).inc()
+        self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True))
+        return row, True
+
+    def _check_capacity(self, actor_key: str) -> None:
+        if not self._accepting:
+            raise OverloadedError("the runtime is not accepting work (starting or stopping)")
+        if self._in_flight >= self._max_in_flight:
+            raise OverloadedError(f"{self._in_flight} workflows are in flight (the bound)")
+        actor = self._actors.get(actor_key)
+        if actor is not None and not actor.has_room():
+            raise OverloadedError(f"the mailbox of {actor_key!r} is full")
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """Store a signal durably, then wake its workflow. Raises WorkflowNotFoundError."""
+        signal = await self.journal.send_signal(workflow_id, name, to_json_value(payload))
+        row = await self.journal.get_workflow(signal.workflow_id)
+        if row is not None and row.status not in FINISHED_STATUSES:
+            self._deliver(row.actor_key, Run(workflow_id=workflow_id))
+
+    async def cancel(self, workflow_id: str) -> list[str]:
+        """Cancel a workflow and its children at their next step boundary."""
+        ids = await self.journal.request_cancel(workflow_id)
+        for cancelled_id in ids:
+            self._cancelling.add(cancelled_id)
+            row = await self.journal.get_workflow(cancelled_id)
+            if row is not None:
+                self._deliver(row.actor_key, Run(workflow_id=cancelled_id))
+        return ids
+
+    async def retry(self, workflow_id: str) -> None:
+        """Resume a failed workflow from its failed step; earlier steps are not re-run."""
+        await self.journal.retry_workflow(workflow_id)
+        row = await self.journal.get_workflow(workflow_id)
+        assert row is not None
+        self._deliver(row.actor_key, Run(workflow_id=workflow_id))
+
+    async def redeliver(self, letter_id: int) -> DeadLetter | None:
+        """Send a dead letter's message to its actor again; None if unknown or taken."""
+        letter = await self.journal.take_dead_letter(letter_id)
+        if letter is None:
+            return None
+        workflow_id = letter.message["workflow_id"]
+        row = await self.journal.get_workflow(workflow_id)
+        if row is not None and row.status == "failed":
+            await self.journal.retry_workflow(workflow_id)
+        self._deliver(letter.actor_key, Run(workflow_id=workflow_id))
+        return letter
+
+    async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
+        """(found, value) of the workflow's event `key`, waiting up to `timeout` s."""
+        waiter = self._event_waiters.setdefault((workflow_id, key), anyio.Event())
+        found, value = await self.journal.get_workflow_event(workflow_id, key)
+        if found:
+            return True, value
+        with anyio.move_on_after(timeout):
+            await waiter.wait()
+            return await self.journal.get_workflow_event(workflow_id, key)
+        return False, None
+
+    async def wait_for_finish(self, workflow_id: str, timeout: float) -> WorkflowRow | None:
+        """The workflow's row once it has finished, or None after `timeout` s."""
+        waiter = self._finish_waiters.setdefault(workflow_id, anyio.Event())
+        with anyio.move_on_after(timeout):
+            while True:
+                row = await self.journal.get_workflow(workflow_id)
+                if row is not None and row.status in FINISHED_STATUSES:
+                    return row
+                await waiter.wait()
+                waiter = self._finish_waiters.setdefault(workflow_id, anyio.Event())
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """True once recovered, while the journal is reachable and not stopping."""
+        return self._ready
+
+    def statistics(self) -> RuntimeStatistics:
+        return RuntimeStatistics(
+            active_actors=len(self._actors),
+            mailbox_depth=self._mailbox_depth(),
+            in_flight=self._in_flight,
+            timers=len(self._timers),
+            ready=self._ready,
+        )
+
+    def actors(self) -> list[tuple[str, int, str | None]]:
+        """(key, mailbox depth, workflow being run) of every active actor."""
+        return [(a.key, a.depth(), a.current) for a in self._actors.values()]
+
+    def _mailbox_depth(self) -> int:
+        return sum(actor.depth() for actor in self._actors.values())
+
+    # -- delivery -------------------------------------------------------------------
+
+    def _deliver(self, actor_key: str, message: Run) -> None:
+        actor = self._actors.get(actor_key)
+        if actor is None:
+            actor = self._activate(actor_key)
+        try:
+            actor.deliver_nowait(message)
+        except anyio.WouldBlock:
+            # Internal messages are never dropped: the work is durable and bounded
+            # at the edge, so wait for room in the background.
+            assert self._tg is not None
+            self._tg.start_soon(actor.deliver, message)
+
+    def _activate(self, actor_key: str) -> Actor:
+        assert self._tg is not None
+        actor = Actor(
+            actor_key,
+            self,
+            mailbox_size=self._mailbox_size,
+            idle_timeout=self._idle_timeout,
+            restart=self._restart,
+            unavailable_backoff=self._unavailable_backoff,
+        )
+        self._actors[actor_key] = actor
+        self._tg.start_soon(actor.run)
+        return actor
+
+    def _timer_fired(self, workflow_id: str, actor_key: str) -> None:
+        self._deliver(actor_key, Run(workflow_id=workflow_id))
+
+    # -- ActorHost ----------------------------------------------------------------------
+
+    async def execute(self, actor: Actor, message: Run) -> None:
+        row = message.row if message.row is not None else None
+        if row is None or row.status in FINISHED_STATUSES:
+            row = await self.journal.get_workflow(message.workflow_id)
+        if row is None or row.status in FINISHED_STATUSES:
+            return
+        if row.cancel_requested:
+            self._cancelling.add(row.id)
+        if actor.next_event_seq is None:
+            actor.next_event_seq = await self.journal.last_event_seq(actor.key) + 1
+        history = {} if message.row is not None else {
+            step.seq: step for step in await self.journal.load_steps(row.id)
+        }
+        await self._run_workflow(row, history)
+
+    async def _run_workflow(self, row: WorkflowRow, history: dict[int, Any]) -> None:
+        fn = self._workflows.get(row.name)
+        if fn is None:
+            raise UnknownWorkflowTypeError(row.name, list(self._workflows))
+        ctx = WorkflowContext(self, row, history)
+        workflow_input = from_json_value(row.input, input_type_of(fn))
+        try:
+            result = await fn(ctx, workflow_input)
+        except Suspended:
+            return
+        except WorkflowCancelledError as exc:
+            await self._finish(ctx, row, "cancelled", error=str(exc))
+        except (StepFailedError, NonDeterminismError) as exc:
+            await self._finish(ctx, row, "failed", error=str(exc))
+        else:
+            await self._finish(ctx, row, "completed", result=to_json_value(result))
+
+    async def _finish(
+        self, ctx: WorkflowContext, row: WorkflowRow, outcome: str, *,
+        result: Any = None, error: str | None = None,
+    ) -> None:
+        await ctx.finish(outcome, result=result, error=error)
+        self._cancelling.discard(row.id)
+        self.metrics.workflows_finished.labels(row.name, outcome).inc()
+        elapsed = (datetime.now(row.created_at.tzinfo) - row.created_at).total_seconds()
+        self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
+        waiter = self._finish_waiters.pop(row.id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
+        text = f"{type(error).__name__}: {error}"
+        await self.journal.add_dead_letter(actor.key, {"workflow_id": message.workflow_id}, text)
+        self.metrics.dead_letters.inc()
+        row = message.row or await self.journal.get_workflow(message.workflow_id)
+        if row is not None and row.status not in FINISHED_STATUSES:
+            change = StatusChange(
+                workflow_id=row.id, status="failed",
+                error=f"dead-lettered after {self._restart.max_crashes} crashes: {text}",
+            )
+            await self.commit(
+                Batch(partition=row.partition, epoch=self.epoch_of(row.partition),
+                      statuses=(change,))
+            )
+            waiter = self._finish_waiters.pop(row.id, None)
+            if waiter is not None:
+                waiter.set()
+
+    def actor_restarted(self, actor: Actor) -> None:
+        self.metrics.actor_restarts.inc()
+
+    def message_done(self, actor: Actor, message: Run) -> None:
+        if message.external:
+            self._in_flight -= 1
+
+    def passivate(self, actor: Actor) -> bool:
+        if actor.depth() or self._actors.get(actor.key) is not actor:
+            return False
+        del self._actors[actor.key]
+        self.metrics.passivations.inc()
+        return True
+
+    @staticmethod
+    def _unavailable_backoff(outages: int) -> float:
+        return float(min(2.0, 0.05 * 2 ** min(outages, 6)))
+
+    # -- RunHost ------------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> None:
+        """Append `batch`, waiting out a database outage (with backoff) meanwhile."""
+        outages = 0
+        while True:
+            began = time.perf_counter()
+            try:
+                await self.journal.append(batch)
+            except JournalUnavailableError:
+                outages += 1
+                self._ready = False
+                self.metrics.journal_unavailable.inc()
+                await anyio.sleep(self._unavailable_backoff(outages))
+                continue
+            self.metrics.journal_append.observe(time.perf_counter() - began)
+            if outages and self._accepting:
+                self._ready = True
+            return
+
+    def epoch_of(self, partition: int) -> int:
+        return self._epochs[partition]
+
+    def partition_of(self, actor_key: str) -> int:
+        return partition_of(actor_key)
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        return workflow_id in self._cancelling
+
+    def next_event_seq(self, actor_key: str) -> int:
+        actor = self._actors[actor_key]
+        assert actor.next_event_seq is not None
+        return actor.next_event_seq
+
+    def events_committed(self, actor_key: str, count: int) -> None:
+        actor = self._actors[actor_key]
+        assert actor.next_event_seq is not None
+        actor.next_event_seq += count
+
+    def child_started(self, child: NewWorkflow) -> None:
+        self.metrics.workflows_started.labels(child.name).inc()
+        self._deliver(child.actor_key, Run(workflow_id=child.id))
+
+    def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
+        self._timers.set(workflow_id, actor_key, fire_at)
+
+    def event_published(self, workflow_id: str, key: str, value: Any) -> None:
+        waiter = self._event_waiters.pop((workflow_id, key), None)
+        if waiter is not None:
+            waiter.set()
+
+    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
+        self.metrics.steps.labels(workflow, step, outcome).inc()
+        self.metrics.step_duration.labels(workflow, step).observe(seconds)
