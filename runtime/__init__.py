@@ -18,7 +18,7 @@ from .errors import (
 from .faults import CrashingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
-from .store import Reader, WriteSet, event_type_of
+from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 
 __all__ = [
@@ -47,4 +47,6 @@ __all__ = [
     "current_step",
     "event_type_of",
     "partition_of",
+    "read_event_log",
+    "replace_projection",
 ]

@@ -85,3 +85,15 @@ class WriteSet:
             )
             for i, (event_type, payload) in enumerate(self.events)
         )
+
+
+async def read_event_log(journal: Journal) -> list[Any]:
+    """Every actor's event payloads, each actor's in log order: a rebuild's input."""
+    return [event.payload for event in await journal.read_all_events()]
+
+
+async def replace_projection(journal: Journal, kind: str, writes: WriteSet) -> int:
+    """Atomically replace every document of `kind` with those `writes` holds."""
+    documents = [doc for doc in writes.documents if doc.kind == kind]
+    await journal.replace_documents(kind, documents)
+    return len(documents)

@@ -1,0 +1,46 @@
+"""The communication port: how a message reaches the customer.
+
+The domain only knows this Protocol. The server plugs in a webhook sender when
+COMMUNICATION_WEBHOOK_URL is set; otherwise messages stay in the outbox (the
+`message` projection) and are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import msgspec
+
+__all__ = ["OutgoingMessage", "Communicator", "OutboxCommunicator"]
+
+_log = logging.getLogger("retinue.communication")
+
+
+class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON a webhook receives; `idempotency_key` is also its header."""
+
+    type: str
+    customer_id: str
+    email: str
+    token: str
+    idempotency_key: str
+
+
+class Communicator(Protocol):
+    async def deliver(self, message: OutgoingMessage) -> str:
+        """Send `message` at least once; return its status ('delivered', 'recorded').
+
+        Raise to have the step retried; raise runtime.NonRetryableError to give up."""
+        ...
+
+
+class OutboxCommunicator:
+    """No webhook: the outbox row is the record; log it for the operator."""
+
+    async def deliver(self, message: OutgoingMessage) -> str:
+        _log.info(
+            "message %s to %s (%s) recorded in the outbox",
+            message.type, message.email, message.idempotency_key,
+        )
+        return "recorded"
