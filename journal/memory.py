@@ -78,11 +78,14 @@ class MemoryJournal(Journal):
             raise FencedError(partition, epoch)
 
     def _check_integrity(self, batch: Batch) -> None:
+        appended: set[tuple[str, int]] = set()
         for event in batch.events:
-            if event.seq in self._events.get(event.actor_key, {}):
+            key = (event.actor_key, event.seq)
+            if key in appended or event.seq in self._events.get(event.actor_key, {}):
                 raise IntegrityError(
                     "events_pkey", f"event {event.seq} of {event.actor_key!r} already exists"
                 )
+            appended.add(key)
         claimed: dict[tuple[str, str], str] = {}
         for doc in batch.documents:
             if doc.unique_key is None:
@@ -96,6 +99,10 @@ class MemoryJournal(Journal):
             claimed[(doc.kind, doc.unique_key)] = doc.id
         for wf in batch.workflows:
             self._check_new_workflow(wf)
+        created = {wf.id for wf in batch.workflows}
+        for change in batch.statuses:
+            if change.workflow_id not in created:
+                self._require(change.workflow_id)
 
     def _unique_holder(self, doc: Document) -> str | None:
         for (kind, doc_id), existing in self._documents.items():
@@ -127,9 +134,10 @@ class MemoryJournal(Journal):
         for wf_event in batch.workflow_events:
             self._workflow_events[(wf_event.workflow_id, wf_event.key)] = wf_event.value
         for signal_id in batch.consumed_signals:
-            self._signals[signal_id] = msgspec.structs.replace(
-                self._signals[signal_id], consumed=True
-            )
+            if signal_id in self._signals:
+                self._signals[signal_id] = msgspec.structs.replace(
+                    self._signals[signal_id], consumed=True
+                )
 
     def _insert_workflow(self, wf: NewWorkflow, now: datetime) -> WorkflowRow:
         if wf.id in self._workflows:
@@ -330,11 +338,24 @@ class MemoryJournal(Journal):
 
     async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
         async with self._lock:
+            self._check_unique_keys(kind, documents)
             for key in [k for k in self._documents if k[0] == kind]:
                 del self._documents[key]
             now = _now()
             for doc in documents:
                 self._documents[(kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
+
+    def _check_unique_keys(self, kind: str, documents: Sequence[Document]) -> None:
+        holders: dict[str, str] = {}
+        for doc in documents:
+            if doc.unique_key is None:
+                continue
+            holder = holders.setdefault(doc.unique_key, doc.id)
+            if holder != doc.id:
+                raise IntegrityError(
+                    "documents_unique_key",
+                    f"{kind} {doc.unique_key!r} already belongs to {holder!r}",
+                )
 
     # -- dead letters ---------------------------------------------------------
 
