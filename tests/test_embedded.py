@@ -52,6 +52,11 @@ async def test_a_restarted_server_keeps_its_data_and_the_pool_reconnects(tmp_pat
             assert await anyio.to_thread.run_sync(server.start) == dsn
             row = await get_when_back(journal, "wf-1")
             assert row is not None and row.id == "wf-1"
+
+            # A crash-like stop: the committed row survives crash recovery.
+            await anyio.to_thread.run_sync(server.stop, "immediate")
+            await anyio.to_thread.run_sync(server.start)
+            assert await get_when_back(journal, "wf-1") == row
         finally:
             await journal.aclose()
     finally:
