@@ -1,0 +1,85 @@
+"""Helpers for the server tests: a real aiohttp server over a Runtime on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import anyio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from actors import Communicator, Onboarding, customer_actor_key
+from journal import PostgresJournal
+from runtime import Runtime
+from server import create_app
+
+__all__ = ["Served", "serving", "eventually", "invitation_token", "workflow_count"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Served:
+    client: TestClient[web.Request, web.Application]
+    runtime: Runtime
+    journal: PostgresJournal
+    app: web.Application
+
+
+@asynccontextmanager
+async def serving(
+    pg_dsn: str,
+    *,
+    api_token: str | None = None,
+    verification_ttl: timedelta = timedelta(days=7),
+    communicator: Communicator | None = None,
+    resolve_timeout: float = 5.0,
+    open_runtime: bool = True,
+    **runtime_options: Any,
+) -> AsyncIterator[Served]:
+    """The server's app over a fresh Runtime on `pg_dsn`, behind a real socket."""
+    journal = await PostgresJournal.connect(pg_dsn)
+    try:
+        runtime_options.setdefault("grace", 1.0)
+        runtime = Runtime(journal, registry=CollectorRegistry(), **runtime_options)
+        onboarding = Onboarding(communicator=communicator, verification_ttl=verification_ttl)
+        onboarding.register(runtime)
+        app = create_app(runtime, onboarding, api_token=api_token,
+                         resolve_timeout=resolve_timeout)
+        server = TestServer(app)
+        client: TestClient[web.Request, web.Application] = TestClient(server)
+        async with server, client:
+            if open_runtime:
+                async with runtime:
+                    yield Served(client, runtime, journal, app)
+            else:
+                yield Served(client, runtime, journal, app)
+    finally:
+        await journal.aclose()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 5.0) -> T:
+    """Poll `probe` until it returns something other than None (or False)."""
+    with anyio.fail_after(within):
+        while True:
+            found = await probe()
+            if found is not None and found is not False:
+                return found
+            await anyio.sleep(0.02)
+
+
+async def invitation_token(journal: PostgresJournal, customer_id: str) -> str:
+    """The token an invitation carried: what the customer would find in their mail."""
+    for event in await journal.read_events(customer_actor_key(customer_id)):
+        if event.type == "CustomerInvited":
+            return str(event.payload["token"])
+    raise AssertionError(f"customer {customer_id} was never invited")
+
+
+async def workflow_count(journal: PostgresJournal) -> int:
+    return sum((await journal.count_workflows_by_status()).values())
