@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import asyncpg
 
+from ._groupcommit import GroupCommitter
 from ._pgconn import Conn, Pool, boundary, create_pool, translated
 from ._pgwrite import UPSERT_DOCUMENT, append_batches_txn, document_args, workflow_args
 from .base import Journal, WaitingStep
@@ -200,9 +201,12 @@ class PostgresJournal(Journal):
     """The journal on PostgreSQL. Build it with `await PostgresJournal.connect(dsn)`
     (or `open_journal`), and close it with `aclose()`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, max_group: int = 512, max_writers: int = 2) -> None:
         self._pool = pool
         self._closed = False
+        self._committer = GroupCommitter(
+            self._append_group, max_batch=max_group, max_writers=max_writers
+        )
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresJournal:
@@ -237,10 +241,14 @@ class PostgresJournal(Journal):
 
     # -- the write path ---------------------------------------------------
 
-    @boundary
     async def append(self, batch: Batch) -> None:
+        """Group-committed: concurrent appends share one transaction (_groupcommit)."""
+        await self._committer.append(batch)
+
+    @boundary
+    async def _append_group(self, batches: Sequence[Batch]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await append_batches_txn(conn, (batch,))
+            await append_batches_txn(conn, batches)
 
     @boundary
     async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:

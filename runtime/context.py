@@ -99,6 +99,7 @@ class WorkflowContext:
         self._history = history
         self._seq = 0
         self._status = row.status
+        self._deferred: list[StepRecord] = []
         self.reader = Reader(host.journal)
 
     @property
@@ -168,10 +169,10 @@ class WorkflowContext:
                 attempt += 1
                 continue
             self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
-            await self._write_step(
-                seq, name, "completed", attempt, started_at, output=to_json_value(result),
-                error=last_error, finished=True,
-            )
+            self._defer(self._record(
+                seq, name, "step", "completed", attempt, started_at,
+                output=to_json_value(result), error=last_error, finished=True,
+            ))
             return result
 
     @staticmethod
@@ -339,29 +340,46 @@ class WorkflowContext:
                               output=output, error=error, finished=finished)
         await self._commit(record)
 
+    def _defer(self, record: StepRecord) -> None:
+        """Hold a completion record until the next commit.
+
+        Safe because nothing leaves the workflow without a commit: the next step
+        with effects commits its write-ahead record, and waits, children, events
+        and the end all commit too, each carrying what is deferred. A crash
+        before that commit re-runs the step with the same idempotency key, as a
+        crash during its own commit would. It halves the commits of a workflow.
+        """
+        self._deferred.append(record)
+        self._history[record.seq] = record
+
     async def _commit(
-        self, record: StepRecord, *, status: str = "running", **parts: Any
+        self, record: StepRecord | None, *, status: str = "running", **parts: Any
     ) -> None:
-        """Commit a step record (plus `parts`), moving the workflow to `status`
-        in the same batch when it is not there yet."""
+        """Commit the deferred records and `record` (plus `parts`), moving the
+        workflow to `status` in the same batch when it is not there yet."""
         statuses = ()
         if self._status != status:
             statuses = (StatusChange(workflow_id=self.workflow_id, status=status),)
+        await self._commit_batch(record, statuses, parts)
+        self._status = status
+
+    async def _commit_batch(
+        self, record: StepRecord | None, statuses: tuple[StatusChange, ...], parts: dict[str, Any]
+    ) -> None:
+        steps = (*self._deferred, record) if record is not None else tuple(self._deferred)
         partition = self._row.partition
         batch = Batch(
             partition=partition, epoch=self._host.epoch_of(partition),
-            steps=(record,), statuses=statuses, **parts,
+            steps=steps, statuses=statuses, **parts,
         )
         await self._host.commit(batch)
-        self._status = status
-        self._history[record.seq] = record
+        self._deferred.clear()
+        if record is not None:
+            self._history[record.seq] = record
 
     async def finish(self, status: str, *, result: Any = None, error: str | None = None) -> None:
         """Record the workflow's end (the runtime calls this, not workflow code)."""
-        partition = self._row.partition
         change = StatusChange(workflow_id=self.workflow_id, status=status,
                               result=result, error=error)
-        await self._host.commit(
-            Batch(partition=partition, epoch=self._host.epoch_of(partition), statuses=(change,))
-        )
+        await self._commit_batch(None, (change,), {})
         self._status = status

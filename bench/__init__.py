@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON line; never part of the test pass/fail."""

@@ -1,0 +1,70 @@
+"""Shared bench plumbing: a fresh database on the embedded server, percentiles, output."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import asyncpg
+import msgspec
+
+from journal import EmbeddedPostgres
+
+__all__ = ["fresh_database", "percentile", "emit", "machine"]
+
+BENCH_DATA_DIR = os.environ.get("RETINUE_BENCH_DATA_DIR", ".retinue/bench-pg")
+
+
+@asynccontextmanager
+async def fresh_database(label: str) -> AsyncIterator[str]:
+    """A new, empty database for one benchmark; yields its DSN, drops it after.
+
+    DATABASE_URL, when set, names the server to use; otherwise the embedded one."""
+    server = None
+    admin_dsn = os.environ.get("DATABASE_URL")
+    if admin_dsn is None:
+        server = EmbeddedPostgres(BENCH_DATA_DIR)
+        admin_dsn = await anyio.to_thread.run_sync(server.start)
+    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(admin_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _with_database(dsn: str, name: str) -> str:
+    head, sep, query = dsn.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}{sep}{query}"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of `samples`, nearest-rank; 0 for none."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print one JSON line: the benchmark's whole output."""
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    sys.stdout.flush()

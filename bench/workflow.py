@@ -1,0 +1,118 @@
+"""workflow: N workflows of 4 journaled steps at concurrency C, in-process, on PostgreSQL.
+
+The onboarding shape: invite -> communicate -> verify -> communicate, each a step
+with effects (write-ahead + completion), side effects recorded locally.
+Run: python -m bench workflow [--workflows 5000] [--concurrency 64 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import anyio
+
+from journal import PostgresJournal
+from runtime import Runtime, WorkflowContext
+
+from .common import emit, fresh_database, machine, percentile
+
+STEPS = ("invite", "communicate_invitation", "verify", "communicate_welcome")
+
+
+class LocalEffects:
+    """Side effects recorded in memory, keyed by idempotency key."""
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+
+    async def act(self, name: str, customer: str) -> str:
+        self.done.add(f"{customer}:{name}")
+        return name
+
+
+def make_workflow(effects: LocalEffects) -> Any:
+    async def onboarding_shape(ctx: WorkflowContext, customer: str) -> int:
+        for name in STEPS:
+            await ctx.step(name, effects.act, name, customer)
+        return len(STEPS)
+
+    return onboarding_shape
+
+
+async def _measure(runtime: Runtime, workflows: int, concurrency: int, label: str) -> dict[str, Any]:
+    latencies: list[float] = []
+    next_index = 0
+
+    async def client() -> None:
+        nonlocal next_index
+        while next_index < workflows:
+            i = next_index
+            next_index += 1
+            began = time.perf_counter()
+            row, _ = await runtime.start_workflow(
+                "onboarding_shape", f"{label}-{i}", actor_key=f"customer:{label}-{i}"
+            )
+            done = await runtime.wait_for_finish(row.id, 60)
+            assert done is not None and done.status == "completed", done
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(client)
+    elapsed = time.perf_counter() - began
+    return {
+        "concurrency": concurrency,
+        "workflows": workflows,
+        "seconds": round(elapsed, 3),
+        "workflows_per_s": round(workflows / elapsed, 1),
+        "steps_per_s": round(workflows * len(STEPS) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+
+
+async def _rows_per_workflow(journal: PostgresJournal) -> float:
+    counts = await journal.count_workflows_by_status()
+    workflows = sum(counts.values())
+    steps = await journal._pool.fetchval("SELECT count(*) FROM steps")
+    # Each step row is written twice (started, then completed) plus the workflow
+    # row's insert and its final update.
+    return round((2 * steps + 2 * workflows) / max(workflows, 1), 2)
+
+
+async def run(workflows: int, concurrencies: list[int]) -> dict[str, Any]:
+    results = []
+    async with fresh_database("workflow") as dsn:
+        journal = await PostgresJournal.connect(dsn, min_size=4, max_size=8)
+        try:
+            async with Runtime(journal, max_in_flight=100_000, idle_timeout=5) as runtime:
+                runtime.register(make_workflow(LocalEffects()), name="onboarding_shape")
+                await _measure(runtime, min(200, workflows), 16, "warmup")
+                for concurrency in concurrencies:
+                    count = workflows if concurrency > 1 else min(workflows, 500)
+                    results.append(await _measure(runtime, count, concurrency, f"c{concurrency}"))
+            rows = await _rows_per_workflow(journal)
+        finally:
+            await journal.aclose()
+    return {
+        "bench": "workflow",
+        "steps_per_workflow": len(STEPS),
+        "journal_row_writes_per_workflow": rows,
+        "runs": results,
+        "machine": machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench workflow")
+    parser.add_argument("--workflows", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1])
+    args = parser.parse_args(argv)
+    emit(anyio.run(run, args.workflows, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

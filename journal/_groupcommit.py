@@ -1,0 +1,124 @@
+"""Group commit: appends from every actor share transactions.
+
+Whoever appends while fewer than `max_writers` groups are being written becomes
+a writer: it takes up to `max_batch` pending batches (its own among them, or
+others' queued before it) and writes them in ONE transaction and one commit.
+Everyone else waits for the group holding their batch. Nobody proceeds past a
+record before the commit that holds it. If a group fails for a reason that
+belongs to one batch (a unique key, a stale lease), each batch of the group is
+written again alone, so only the batches that caused it fail.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import anyio
+
+from .errors import FencedError, IntegrityError, JournalError, WorkflowNotFoundError
+from .records import Batch
+
+__all__ = ["GroupCommitter", "GroupStatistics"]
+
+# Errors that one batch can cause while the others are fine.
+_PER_BATCH: Final = (IntegrityError, FencedError, WorkflowNotFoundError)
+
+# A group already being written is finished even if its writer is cancelled, so
+# that the other batches in it get their answer; but never for longer than this.
+_WRITE_TIMEOUT: Final = 30.0
+
+
+class _Slot:
+    __slots__ = ("batch", "done", "error")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupStatistics:
+    __slots__ = ("groups", "batches", "largest")
+
+    def __init__(self) -> None:
+        self.groups = 0
+        self.batches = 0
+        self.largest = 0
+
+
+class GroupCommitter:
+    """Shares transactions between concurrent appends. `write_group(batches)`
+    writes batches in one transaction, raising the journal's errors."""
+
+    def __init__(
+        self,
+        write_group: Callable[[Sequence[Batch]], Awaitable[None]],
+        *,
+        max_batch: int = 512,
+        max_writers: int = 2,
+        linger: float = 0.0,
+    ) -> None:
+        self._write_group = write_group
+        self._max_batch = max_batch
+        self._max_writers = max_writers
+        self._linger = linger
+        self._pending: collections.deque[_Slot] = collections.deque()
+        self._writers = 0
+        self._group_written = anyio.Event()
+        self.statistics = GroupStatistics()
+
+    async def append(self, batch: Batch) -> None:
+        """Write `batch` in some group; return once that group committed.
+        Cancellable while waiting; a cancelled batch may still be written (whole)."""
+        slot = _Slot(batch)
+        self._pending.append(slot)
+        while not slot.done:
+            # Our batch may already sit in a group being written: then just wait.
+            if self._pending and self._writers < self._max_writers:
+                await self._write_next_group()
+            else:
+                await self._group_written.wait()
+        if slot.error is not None:
+            raise slot.error
+
+    async def _write_next_group(self) -> None:
+        self._writers += 1
+        try:
+            if self._linger > 0 and len(self._pending) < self._max_batch:
+                await anyio.sleep(self._linger)
+            group = [self._pending.popleft()
+                     for _ in range(min(self._max_batch, len(self._pending)))]
+            if group:
+                with anyio.CancelScope(shield=True), anyio.fail_after(_WRITE_TIMEOUT):
+                    await self._write(group)
+        finally:
+            self._writers -= 1
+            written, self._group_written = self._group_written, anyio.Event()
+            written.set()
+
+    async def _write(self, group: list[_Slot]) -> None:
+        stats = self.statistics
+        stats.groups += 1
+        stats.batches += len(group)
+        stats.largest = max(stats.largest, len(group))
+        try:
+            await self._write_group([slot.batch for slot in group])
+        except _PER_BATCH as exc:
+            if len(group) == 1:
+                self._settle(group, exc)
+            else:
+                for slot in group:
+                    await self._write([slot])
+            return
+        except (JournalError, TimeoutError) as exc:
+            self._settle(group, exc)
+            return
+        self._settle(group, None)
+
+    @staticmethod
+    def _settle(group: list[_Slot], error: BaseException | None) -> None:
+        for slot in group:
+            slot.done = True
+            slot.error = error
