@@ -88,11 +88,13 @@ async def append_batches_txn(conn: Conn, batches: Sequence[Batch]) -> None:
 async def check_leases_txn(conn: Conn, batches: Sequence[Batch]) -> None:
     """Lock the batches' partition rows FOR SHARE; raise FencedError for the first
     batch whose epoch is not the current one."""
-    partitions = sorted({b.partition for b in batches})
+    partitions = sorted({b.partition for b in batches if b.epoch is not None})
+    if not partitions:
+        return
     rows = await conn.fetch(_LOCK_LEASES, partitions)
     epochs = {row["partition"]: row["epoch"] for row in rows}
     for batch in batches:
-        if epochs.get(batch.partition) != batch.epoch:
+        if batch.epoch is not None and epochs.get(batch.partition) != batch.epoch:
             raise FencedError(batch.partition, batch.epoch)
 
 

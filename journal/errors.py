@@ -38,7 +38,7 @@ class IntegrityError(JournalError):
 class FencedError(JournalError):
     """The writer no longer owns the partition at the epoch it wrote with."""
 
-    def __init__(self, partition: int, epoch: int) -> None:
+    def __init__(self, partition: int, epoch: int | None) -> None:
         self.partition = partition
         self.epoch = epoch
         super().__init__(

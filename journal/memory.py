@@ -73,8 +73,8 @@ class MemoryJournal(Journal):
             self._check_integrity(batch)
             self._apply(batch)
 
-    def _check_lease(self, partition: int, epoch: int) -> None:
-        if self._leases[partition][1] != epoch:
+    def _check_lease(self, partition: int, epoch: int | None) -> None:
+        if epoch is not None and self._leases[partition][1] != epoch:
             raise FencedError(partition, epoch)
 
     def _check_integrity(self, batch: Batch) -> None:

@@ -159,10 +159,12 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
 
     partition and epoch are the writer's lease on the actor's partition; the
     append commits only while that lease is current (the scale-out fence).
+    epoch None writes without the fence: only for accepting new workflows,
+    which any node may do for any partition.
     """
 
     partition: int
-    epoch: int
+    epoch: int | None
     workflows: tuple[NewWorkflow, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     statuses: tuple[StatusChange, ...] = ()

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -58,6 +58,14 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ready: bool
 
 
+class _FinishWaiter:
+    __slots__ = ("event", "row")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.row: WorkflowRow | None = None
+
+
 class Runtime(ActorHost, RunHost):
     """Hosts workflows on actors over a journal. Open it with `async with`.
 
@@ -94,7 +102,7 @@ class Runtime(ActorHost, RunHost):
         self._in_flight = 0
         self._cancelling: set[str] = set()
         self._event_waiters: dict[tuple[str, str], anyio.Event] = {}
-        self._finish_waiters: dict[str, anyio.Event] = {}
+        self._finish_waiters: dict[str, _FinishWaiter] = {}
         self._timers = TimerService(self._timer_fired)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -185,7 +193,7 @@ class Runtime(ActorHost, RunHost):
         )
         self._in_flight += 1
         try:
-            row, created = await self.journal.create_workflow(new)
+            row, created = await self._accept(new, fresh_id=workflow_id is None)
         except BaseException:
             self._in_flight -= 1
             raise
@@ -194,6 +202,19 @@ class Runtime(ActorHost, RunHost):
             return row, False
         self.metrics.workflows_started.labels(name).inc()
         self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True))
+        return row, True
+
+    async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
+        if not fresh_id or new.idempotency_key is not None:
+            return await self.journal.create_workflow(new)
+        # A fresh random id cannot collide: a plain (group-committed) append will do.
+        await self.journal.append(Batch(partition=new.partition, epoch=None, workflows=(new,)))
+        now = datetime.now(UTC)
+        row = WorkflowRow(
+            id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
+            status="pending", input=new.input, trace_id=new.trace_id,
+            created_at=now, updated_at=now,
+        )
         return row, True
 
     def _check_capacity(self, actor_key: str) -> None:
@@ -254,14 +275,13 @@ class Runtime(ActorHost, RunHost):
 
     async def wait_for_finish(self, workflow_id: str, timeout: float) -> WorkflowRow | None:
         """The workflow's row once it has finished, or None after `timeout` s."""
-        waiter = self._finish_waiters.setdefault(workflow_id, anyio.Event())
+        waiter = self._finish_waiters.setdefault(workflow_id, _FinishWaiter())
+        row = await self.journal.get_workflow(workflow_id)
+        if row is not None and row.status in FINISHED_STATUSES:
+            return row
         with anyio.move_on_after(timeout):
-            while True:
-                row = await self.journal.get_workflow(workflow_id)
-                if row is not None and row.status in FINISHED_STATUSES:
-                    return row
-                await waiter.wait()
-                waiter = self._finish_waiters.setdefault(workflow_id, anyio.Event())
+            await waiter.event.wait()
+            return waiter.row
         return None
 
     @property
@@ -326,8 +346,6 @@ class Runtime(ActorHost, RunHost):
             return
         if row.cancel_requested:
             self._cancelling.add(row.id)
-        if actor.next_event_seq is None:
-            actor.next_event_seq = await self.journal.last_event_seq(actor.key) + 1
         history = {} if message.row is not None else {
             step.seq: step for step in await self.journal.load_steps(row.id)
         }
@@ -359,9 +377,15 @@ class Runtime(ActorHost, RunHost):
         self.metrics.workflows_finished.labels(row.name, outcome).inc()
         elapsed = (datetime.now(row.created_at.tzinfo) - row.created_at).total_seconds()
         self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
+        self._finished(msgspec.structs.replace(
+            row, status=outcome, result=result, error=error, updated_at=datetime.now(UTC)
+        ))
+
+    def _finished(self, row: WorkflowRow) -> None:
         waiter = self._finish_waiters.pop(row.id, None)
         if waiter is not None:
-            waiter.set()
+            waiter.row = row
+            waiter.event.set()
 
     async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
         text = f"{type(error).__name__}: {error}"
@@ -377,9 +401,7 @@ class Runtime(ActorHost, RunHost):
                 Batch(partition=row.partition, epoch=self.epoch_of(row.partition),
                       statuses=(change,))
             )
-            waiter = self._finish_waiters.pop(row.id, None)
-            if waiter is not None:
-                waiter.set()
+            self._finished(msgspec.structs.replace(row, status="failed", error=change.error))
 
     def actor_restarted(self, actor: Actor) -> None:
         self.metrics.actor_restarts.inc()
@@ -428,9 +450,10 @@ class Runtime(ActorHost, RunHost):
     def cancel_requested(self, workflow_id: str) -> bool:
         return workflow_id in self._cancelling
 
-    def next_event_seq(self, actor_key: str) -> int:
+    async def next_event_seq(self, actor_key: str) -> int:
         actor = self._actors[actor_key]
-        assert actor.next_event_seq is not None
+        if actor.next_event_seq is None:  # loaded on the actor's first write
+            actor.next_event_seq = await self.journal.last_event_seq(actor_key) + 1
         return actor.next_event_seq
 
     def events_committed(self, actor_key: str, count: int) -> None:
