@@ -1,0 +1,236 @@
+"""http: the onboarding invite over real HTTP, against `python server.py` in its own process.
+
+The server runs on a fresh bench database (DATABASE_URL); this process is the load
+generator (one aiohttp ClientSession, a connector with limit=concurrency). Each
+concurrency level sends its own distinct emails, so every request is a new
+customer: accept (journal) -> invite step (LOW) -> child communicate workflow ->
+200 once the invite is written. At the end the server gets SIGTERM and its exit
+code is reported.
+Run: python -m bench http [--invites 2000] [--concurrency 1 16 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+import anyio
+import psutil
+
+from .common import emit, fresh_database, machine, percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = Path(os.environ.get("RETINUE_BENCH_LOG_DIR", ROOT / ".retinue" / "bench-logs"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _open_log(name: str) -> BinaryIO:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return open(LOG_DIR / name, "wb")  # noqa: SIM115 - the child process keeps its own copy
+
+
+async def start_server(
+    dsn: str, port: int, log_name: str, extra_env: dict[str, str] | None = None,
+    profile: str | None = None,
+) -> anyio.abc.Process:
+    """`python server.py --port port` on `dsn`; its output goes to LOG_DIR/log_name.
+    With `profile`, the server runs under cProfile and writes its stats there on exit."""
+    env = {**os.environ, "DATABASE_URL": dsn, **(extra_env or {})}
+    env.pop("RETINUE_API_TOKEN", None)
+    command = [sys.executable, str(ROOT / "server.py")]
+    if profile:  # imported as `server`, so msgspec can resolve its annotations
+        command = [sys.executable, "-c", "import cProfile, sys, server; "
+                   f"cProfile.run('server.main(sys.argv[1:])', {profile!r})"]
+    log = _open_log(log_name)
+    try:
+        return await anyio.open_process(
+            [*command, "--port", str(port)],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+    finally:
+        log.close()
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession, base: str, process: anyio.abc.Process, within: float = 60
+) -> float:
+    """Seconds until GET /readyz answers 200; raises if the server exits or times out."""
+    began = time.perf_counter()
+    with anyio.fail_after(within):
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before ready")
+            try:
+                async with session.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return time.perf_counter() - began
+            except aiohttp.ClientError:
+                pass
+            await anyio.sleep(0.02)
+
+
+async def stop_server(process: anyio.abc.Process, grace: float = 30) -> tuple[int | None, float]:
+    """SIGTERM, then wait; (exit code, seconds). SIGKILL (exit code None) past `grace` s."""
+    if process.returncode is not None:
+        return process.returncode, 0.0
+    began = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        await process.wait()
+        return process.returncode, round(time.perf_counter() - began, 3)
+    process.kill()
+    await process.wait()
+    return None, round(time.perf_counter() - began, 3)
+
+
+async def _invites(
+    session: aiohttp.ClientSession, base: str, emails: list[str], concurrency: int
+) -> tuple[float, list[float], Counter[str]]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    pending = iter(emails)
+
+    async def client() -> None:
+        for email in pending:
+            began = time.perf_counter()
+            try:
+                async with session.post(f"{base}/customers/invite", json={"email": email}) as r:
+                    await r.read()
+                    statuses[str(r.status)] += 1
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                statuses[f"error:{type(exc).__name__}"] += 1
+                continue
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(client)
+    return time.perf_counter() - began, latencies, statuses
+
+
+async def _drain(session: aiohttp.ClientSession, base: str, within: float = 30) -> float:
+    """Seconds until no workflow is pending or running (the communicate children that
+    outlive each 200), so one level's leftovers do not bill the next."""
+    began = time.perf_counter()
+    with anyio.move_on_after(within):
+        while True:
+            busy = 0
+            for status in ("pending", "running"):
+                async with session.get(f"{base}/workflows?status={status}&limit=1") as r:
+                    busy += len((await r.json())["workflows"])
+            if not busy:
+                break
+            await anyio.sleep(0.05)
+    return time.perf_counter() - began
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _measure(
+    base: str, server: psutil.Process, invites: int, concurrency: int, label: str
+) -> dict[str, Any]:
+    emails = [f"bench-{label}-{i}@example.com" for i in range(invites)]
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
+        elapsed, latencies, statuses = await _invites(session, base, emails, concurrency)
+        server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
+        drained = await _drain(session, base)
+    return {
+        "concurrency": concurrency,
+        "invites": invites,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(invites / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "max_ms": round(max(latencies, default=0.0) * 1000, 2),
+        "statuses": dict(sorted(statuses.items())),
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / invites, 3),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / invites, 3),
+        "seconds_to_drain_children": round(drained, 3),
+    }
+
+
+async def run(
+    invites: int, concurrencies: list[int], resolve_timeout: float, profile: str | None = None
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:6]
+    results = []
+    async with fresh_database("http") as dsn:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        process = await start_server(
+            dsn, port, "http-server.log", {"RETINUE_RESOLVE_TIMEOUT": str(resolve_timeout)},
+            profile,
+        )
+        exit_code: int | None = None
+        stop_seconds = 0.0
+        try:
+            async with aiohttp.ClientSession() as session:
+                ready = await wait_ready(session, base, process)
+            server = psutil.Process(process.pid)
+            await _measure(base, server, min(200, invites), 16, f"{run_id}-warmup")
+            for concurrency in concurrencies:
+                count = invites if concurrency > 1 else min(invites, 500)
+                results.append(
+                    await _measure(base, server, count, concurrency, f"{run_id}-c{concurrency}")
+                )
+            rss = server.memory_info().rss
+        finally:
+            exit_code, stop_seconds = await stop_server(process)
+    return {
+        "bench": "http",
+        "route": "POST /customers/invite",
+        "resolve_timeout_s": resolve_timeout,
+        "seconds_to_ready": round(ready, 3),
+        "runs": results,
+        "server_rss_mib_after": round(rss / 2**20, 1),
+        "server_exit_code": exit_code,
+        "server_stop_seconds": stop_seconds,
+        "client": "aiohttp, in the bench process (same machine)",
+        "machine": machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench http")
+    parser.add_argument("--invites", type=int, default=2000,
+                        help="invites per concurrency level (at most 500 at concurrency 1)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--resolve-timeout", type=float, default=5.0,
+                        help="RETINUE_RESOLVE_TIMEOUT for the server (202 past it)")
+    parser.add_argument("--server-profile", metavar="PATH",
+                        help="run the server under cProfile, stats to PATH (slows it down)")
+    args = parser.parse_args(argv)
+    profile = str(Path(args.server_profile).resolve()) if args.server_profile else None
+    emit(anyio.run(run, args.invites, args.concurrency, args.resolve_timeout, profile))
+
+
+if __name__ == "__main__":
+    main()
