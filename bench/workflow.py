@@ -41,7 +41,9 @@ def make_workflow(effects: LocalEffects) -> Any:
     return onboarding_shape
 
 
-async def _measure(runtime: Runtime, workflows: int, concurrency: int, label: str) -> dict[str, Any]:
+async def _measure(
+    runtime: Runtime, workflows: int, concurrency: int, label: str
+) -> dict[str, Any]:
     latencies: list[float] = []
     next_index = 0
 
