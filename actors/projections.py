@@ -33,12 +33,10 @@ __all__ = [
 CUSTOMER = "customer"
 MESSAGE = "message"
 
-_event_decoder = msgspec.convert
-
-
 def decode_event(payload: Any) -> CustomerEvent:
     """A logged event's payload back to its Struct (payloads carry their tag)."""
-    return msgspec.convert(payload, CustomerEvent, strict=False)  # type: ignore[arg-type]
+    event: CustomerEvent = msgspec.convert(payload, CustomerEvent, strict=False)
+    return event
 
 
 def project_customer(customer: Customer | None, event: CustomerEvent) -> Customer | None:

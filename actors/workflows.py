@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from runtime import Runtime, RetryPolicy, WorkflowContext, WriteSet, current_step
+from runtime import RetryPolicy, Runtime, WorkflowContext, WriteSet, current_step
 
 from .communication import Communicator, OutboxCommunicator, OutgoingMessage
 from .identity import customer_actor_key, customer_id_for

@@ -4,9 +4,9 @@ Whoever appends while fewer than `max_writers` groups are being written becomes
 a writer: it takes up to `max_batch` pending batches (its own among them, or
 others' queued before it) and writes them in ONE transaction and one commit.
 Everyone else waits for the group holding their batch. Nobody proceeds past a
-record before the commit that holds it. If a group fails for a reason that
-belongs to one batch (a unique key, a stale lease), each batch of the group is
-written again alone, so only the batches that caused it fail.
+record before the commit that holds it. If a group fails for any reason
+but an unreachable database (a unique key, a stale lease, a bug), each batch of
+the group is written again alone, so only the batches that caused it fail.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from typing import Final
 
 import anyio
 
-from .errors import FencedError, IntegrityError, JournalError, WorkflowNotFoundError
+from .errors import JournalUnavailableError
 from .records import Batch
 
 __all__ = ["GroupCommitter", "GroupStatistics"]
-
-# Errors that one batch can cause while the others are fine.
-_PER_BATCH: Final = (IntegrityError, FencedError, WorkflowNotFoundError)
 
 # A group already being written is finished even if its writer is cancelled, so
 # that the other batches in it get their answer; but never for longer than this.
@@ -105,15 +102,15 @@ class GroupCommitter:
         stats.largest = max(stats.largest, len(group))
         try:
             await self._write_group([slot.batch for slot in group])
-        except _PER_BATCH as exc:
+        except (JournalUnavailableError, TimeoutError) as exc:
+            self._settle(group, exc)  # nothing was written; every caller may retry
+            return
+        except Exception as exc:  # noqa: BLE001 - one batch's fault: find which
             if len(group) == 1:
                 self._settle(group, exc)
             else:
                 for slot in group:
                     await self._write([slot])
-            return
-        except (JournalError, TimeoutError) as exc:
-            self._settle(group, exc)
             return
         self._settle(group, None)
 

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import IntegrityError, JournalUnavailableError
+from .errors import FencedError, IntegrityError, JournalUnavailableError, WorkflowNotFoundError
 
 __all__ = ["Conn", "Pool", "boundary", "create_pool", "translated"]
 
@@ -69,6 +69,23 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> Pool:
         )
 
 
+# SQLSTATEs raised by retinue_append (migration 2); asyncpg has no class for them.
+_STALE_LEASE: Final = "RF001"
+_UNKNOWN_WORKFLOW: Final = "RF002"
+
+
+def _own_error(exc: asyncpg.PostgresError) -> Exception | None:
+    """The journal error for one of Retinue's own SQLSTATEs, else None."""
+    code = getattr(exc, "sqlstate", None)
+    detail = getattr(exc, "detail", None) or ""
+    if code == _STALE_LEASE:
+        partition, _, epoch = detail.partition(":")
+        return FencedError(int(partition), int(epoch))
+    if code == _UNKNOWN_WORKFLOW:
+        return WorkflowNotFoundError(detail)
+    return None
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Turn asyncpg's exceptions into the journal's, by class."""
@@ -79,6 +96,11 @@ def translated() -> Iterator[None]:
         raise IntegrityError(constraint, exc.detail or exc.message) from exc
     except _UNAVAILABLE as exc:
         raise JournalUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        own = _own_error(exc)
+        if own is None:
+            raise
+        raise own from exc
 
 
 def boundary(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:

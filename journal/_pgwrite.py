@@ -1,8 +1,8 @@
-"""The PostgreSQL write path: fence check and batch writes, inside a caller's transaction.
+"""The PostgreSQL write path: several batches, one statement, one transaction.
 
-Written for several batches at once so that a group-commit writer can hand it
-everything that queued up during the previous commit; `PostgresJournal.append`
-passes a single batch.
+The group-commit writer hands `append_batches` everything that queued up during
+the previous commit; the `retinue_append` function (migration 2) checks the
+leases and writes every part, so a group costs one round trip and one fsync.
 """
 
 from __future__ import annotations
@@ -10,48 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
+import msgspec
+
 from ._pgconn import Conn
-from .errors import FencedError, WorkflowNotFoundError
-from .records import Batch, Document, DomainEvent, NewWorkflow, StatusChange, StepRecord
-
-# FOR SHARE: appends on one partition do not wait for each other, but a take-over
-# (claim_partitions updates the row) waits for them to commit, and an append that
-# comes after the take-over sees the new epoch.
-_LOCK_LEASES: Final = """
-SELECT partition, epoch FROM partitions
-WHERE partition = ANY($1::integer[])
-ORDER BY partition
-FOR SHARE
-"""
-
-_INSERT_WORKFLOW: Final = """
-INSERT INTO workflows (id, name, actor_key, partition, input, idempotency_key,
-                       request_hash, parent_id, trace_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (id) DO NOTHING
-"""
-
-_UPSERT_STEP: Final = """
-INSERT INTO steps (workflow_id, seq, partition, name, kind, status, attempt, input, output,
-                   error, started_at, finished_at, fire_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-ON CONFLICT (workflow_id, seq) DO UPDATE SET
-    partition = excluded.partition, name = excluded.name, kind = excluded.kind,
-    status = excluded.status, attempt = excluded.attempt, input = excluded.input,
-    output = excluded.output, error = excluded.error, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, fire_at = excluded.fire_at
-"""
-
-_UPDATE_STATUS: Final = """
-UPDATE workflows SET status = $2, result = $3, error = $4, updated_at = now()
-WHERE id = $1
-RETURNING id
-"""
-
-_INSERT_EVENT: Final = """
-INSERT INTO events (actor_key, seq, type, payload, workflow_id, partition)
-VALUES ($1, $2, $3, $4, $5, $6)
-"""
+from .records import Batch, Document, DomainEvent, NewWorkflow, StepRecord
 
 UPSERT_DOCUMENT: Final = """
 INSERT INTO documents (kind, id, data, unique_key, owner, updated_at)
@@ -61,80 +23,54 @@ ON CONFLICT (kind, id) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-_UPSERT_WORKFLOW_EVENT: Final = """
-INSERT INTO workflow_events (workflow_id, key, value) VALUES ($1, $2, $3)
-ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value
-"""
-
-_CONSUME_SIGNALS: Final = "UPDATE signals SET consumed = true WHERE id = ANY($1::bigint[])"
+_APPEND: Final = "SELECT retinue_append(" + ", ".join(f"${i}" for i in range(1, 44)) + ")"
 
 
-async def append_batches_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    """Check every batch's lease, then write them all, in the caller's transaction.
-    Raises FencedError, WorkflowNotFoundError (a status for an unknown workflow) or
-    asyncpg.UniqueViolationError; the caller rolls back and translates."""
-    await check_leases_txn(conn, batches)
-    await _insert_workflows_txn(conn, batches)
-    await _upsert_steps_txn(conn, batches)
-    await _update_statuses_txn(conn, [c for b in batches for c in b.statuses])
-    await _insert_events_txn(conn, batches)
-    await _upsert_documents_txn(conn, [d for b in batches for d in b.documents])
-    await _upsert_workflow_events_txn(conn, batches)
-    signal_ids = [signal_id for b in batches for signal_id in b.consumed_signals]
-    if signal_ids:
-        await conn.execute(_CONSUME_SIGNALS, signal_ids)
+async def append_batches(conn: Conn, batches: Sequence[Batch]) -> None:
+    """Write `batches` in ONE statement (the retinue_append function, one implicit
+    transaction and one round trip): lease check first, then every part.
+    Raises asyncpg errors; `_pgconn.translated` turns them into the journal's."""
+    await conn.execute(_APPEND, *_append_args(batches))
 
 
-async def check_leases_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    """Lock the batches' partition rows FOR SHARE; raise FencedError for the first
-    batch whose epoch is not the current one."""
-    partitions = sorted({b.partition for b in batches if b.epoch is not None})
-    if not partitions:
-        return
-    rows = await conn.fetch(_LOCK_LEASES, partitions)
-    epochs = {row["partition"]: row["epoch"] for row in rows}
-    for batch in batches:
-        if batch.epoch is not None and epochs.get(batch.partition) != batch.epoch:
-            raise FencedError(batch.partition, batch.epoch)
+def _append_args(batches: Sequence[Batch]) -> list[Any]:
+    fenced = [b for b in batches if b.epoch is not None]
+    workflows = [_json_at(workflow_args(wf), 4) for b in batches for wf in b.workflows]
+    steps = [_json_at(_step_args(step, b.partition), 7, 8) for b in batches for step in b.steps]
+    changes = [(c.workflow_id, c.status, _json(c.result), c.error)
+               for b in batches for c in b.statuses]
+    events = [_json_at(_event_args(e, b.partition), 3) for b in batches for e in b.events]
+    documents = [_json_at(document_args(d), 2) for b in batches for d in b.documents]
+    wf_events = [(e.workflow_id, e.key, _json(e.value))
+                 for b in batches for e in b.workflow_events]
+    consumed = [signal_id for b in batches for signal_id in b.consumed_signals]
+    return [
+        [b.partition for b in fenced], [b.epoch for b in fenced],
+        *_columns(workflows, 9), *_columns(steps, 13), *_columns(changes, 4),
+        *_columns(events, 6), *_columns(documents, 5), *_columns(wf_events, 3), consumed,
+    ]
 
 
-async def _insert_workflows_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    args = [workflow_args(wf) for b in batches for wf in b.workflows]
-    if args:
-        await conn.executemany(_INSERT_WORKFLOW, args)
+_ENCODER: Final = msgspec.json.Encoder()
 
 
-async def _upsert_steps_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    args = [_step_args(step, b.partition) for b in batches for step in b.steps]
-    if args:
-        await conn.executemany(_UPSERT_STEP, args)
+def _json(value: Any) -> str | None:
+    """A JSON value as text for retinue_append; None stays SQL NULL, as the codec does."""
+    return None if value is None else _ENCODER.encode(value).decode()
 
 
-async def _update_statuses_txn(conn: Conn, changes: Sequence[StatusChange]) -> None:
-    if not changes:
-        return
-    args = [(c.workflow_id, c.status, c.result, c.error) for c in changes]
-    updated = {row["id"] for row in await conn.fetchmany(_UPDATE_STATUS, args)}
-    for change in changes:
-        if change.workflow_id not in updated:
-            raise WorkflowNotFoundError(change.workflow_id)
+def _json_at(row: tuple[Any, ...], *positions: int) -> tuple[Any, ...]:
+    fields = list(row)
+    for i in positions:
+        fields[i] = _json(fields[i])
+    return tuple(fields)
 
 
-async def _insert_events_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    args = [_event_args(event, b.partition) for b in batches for event in b.events]
-    if args:
-        await conn.executemany(_INSERT_EVENT, args)
-
-
-async def _upsert_documents_txn(conn: Conn, documents: Sequence[Document]) -> None:
-    if documents:
-        await conn.executemany(UPSERT_DOCUMENT, [document_args(d) for d in documents])
-
-
-async def _upsert_workflow_events_txn(conn: Conn, batches: Sequence[Batch]) -> None:
-    args = [(e.workflow_id, e.key, e.value) for b in batches for e in b.workflow_events]
-    if args:
-        await conn.executemany(_UPSERT_WORKFLOW_EVENT, args)
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one array per column, as unnest() takes them back."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def workflow_args(wf: NewWorkflow) -> tuple[Any, ...]:

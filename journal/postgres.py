@@ -17,7 +17,7 @@ import asyncpg
 
 from ._groupcommit import GroupCommitter
 from ._pgconn import Conn, Pool, boundary, create_pool, translated
-from ._pgwrite import UPSERT_DOCUMENT, append_batches_txn, document_args, workflow_args
+from ._pgwrite import UPSERT_DOCUMENT, append_batches, document_args, workflow_args
 from .base import Journal, WaitingStep
 from .embedded import EmbeddedPostgres
 from .errors import InvalidTransitionError, WorkflowNotFoundError
@@ -247,8 +247,8 @@ class PostgresJournal(Journal):
 
     @boundary
     async def _append_group(self, batches: Sequence[Batch]) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await append_batches_txn(conn, batches)
+        async with self._pool.acquire() as conn:
+            await append_batches(conn, batches)
 
     @boundary
     async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import anyio
 import msgspec
@@ -101,7 +101,8 @@ class Actor:
         async with self._send, self._inbox:
             while True:
                 message = None
-                with anyio.move_on_after(self._idle_timeout if self._idle_timeout > 0 else math.inf):
+                idle_for = self._idle_timeout if self._idle_timeout > 0 else math.inf
+                with anyio.move_on_after(idle_for):
                     message = await self._inbox.receive()
                 if message is None:
                     if self._host.passivate(self):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import anyio
 import msgspec
@@ -112,14 +112,26 @@ class WorkflowContext:
 
     # -- steps -------------------------------------------------------------
 
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+        retry: RetryPolicy = ..., effect: bool = ...,
+    ) -> T: ...
+
+    @overload
+    async def step(
+        self, name: str, fn: Callable[..., T], *args: Any,
+        retry: RetryPolicy = ..., effect: bool = ...,
+    ) -> T: ...
+
     async def step(
         self,
         name: str,
-        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        fn: Callable[..., Any],
         *args: Any,
         retry: RetryPolicy = DEFAULT_RETRY,
         effect: bool = True,
-    ) -> T:
+    ) -> Any:
         """Run `fn(*args)` once, durably; return its (recorded) result.
 
         With `effect=True` a "started" record is committed before `fn` runs, so a
@@ -129,7 +141,7 @@ class WorkflowContext:
         """
         seq, recorded = self._next("step", name)
         if recorded is not None and recorded.status == "completed":
-            return from_json_value(recorded.output, return_type_of(fn))  # type: ignore[no-any-return]
+            return from_json_value(recorded.output, return_type_of(fn))
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
@@ -283,7 +295,9 @@ class WorkflowContext:
         if signal is not None:
             found = await self._host.journal.next_signal(self.workflow_id, signal)
             if found is not None:
-                return await self._wake(seq, step_name, started_at, fire_at, found.payload, found.id)
+                return await self._wake(
+                    seq, step_name, started_at, fire_at, found.payload, found.id
+                )
         if fire_at is not None and _now() >= fire_at:
             return await self._wake(seq, step_name, started_at, fire_at, None, None)
         if recorded is None:
@@ -357,7 +371,7 @@ class WorkflowContext:
     ) -> None:
         """Commit the deferred records and `record` (plus `parts`), moving the
         workflow to `status` in the same batch when it is not there yet."""
-        statuses = ()
+        statuses: tuple[StatusChange, ...] = ()
         if self._status != status:
             statuses = (StatusChange(workflow_id=self.workflow_id, status=status),)
         await self._commit_batch(record, statuses, parts)

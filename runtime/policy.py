@@ -26,7 +26,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
-        return base * (1 - self.jitter * random.random())
+        return float(base * (1 - self.jitter * random.random()))
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         return attempt < self.max_attempts and isinstance(exc, self.retry_on)
@@ -40,7 +40,7 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_backoff: float = 5.0
 
     def backoff(self, crashes: int) -> float:
-        return min(self.max_backoff, self.initial_backoff * 2 ** (crashes - 1))
+        return float(min(self.max_backoff, self.initial_backoff * 2.0 ** (crashes - 1)))
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -41,7 +41,7 @@ class Reader:
     async def find(self, kind: str, unique_key: str) -> Document | None:
         return await self._journal.find_document(kind, unique_key)
 
-    async def list(self, kind: str, owner: str | None = None) -> list[Document]:
+    async def documents(self, kind: str, owner: str | None = None) -> list[Document]:
         return await self._journal.list_documents(kind, owner)
 
     async def events(self, actor_key: str) -> list[DomainEvent]:
@@ -67,7 +67,9 @@ class WriteSet:
     ) -> None:
         """Upsert a projection row; `unique_key` must be unique within `kind`."""
         self.documents.append(
-            Document(kind=kind, id=doc_id, data=to_json_value(data), unique_key=unique_key, owner=owner)
+            Document(
+                kind=kind, id=doc_id, data=to_json_value(data), unique_key=unique_key, owner=owner
+            )
         )
 
     def emit(self, event: Any) -> None:

@@ -146,10 +146,15 @@ class Runtime(ActorHost, RunHost):
         assert self._tg is not None and self._stack is not None
         if exc is None:
             with anyio.move_on_after(self._grace, shield=True):
-                while any(a.current is not None or a.depth() for a in self._actors.values()):
+                # Polled: shutdown is rare, and an "all idle" event would cost
+                # every message a check.
+                while self._busy():  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         self._tg.cancel_scope.cancel()
         return await self._stack.__aexit__(exc_type, exc, tb)
+
+    def _busy(self) -> bool:
+        return any(a.current is not None or a.depth() for a in self._actors.values())
 
     async def _recover(self) -> None:
         # Every unfinished workflow is replayed, waiting ones too: a signal stored

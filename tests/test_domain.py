@@ -91,7 +91,8 @@ def test_project_customer_follows_the_life_cycle() -> None:
     customer = project_customer(None, invited)
     assert customer is not None
     assert (customer.invited, customer.verified, customer.status) == (True, False, "invited")
-    verified = project_customer(customer, CustomerVerified(customer_id=customer.id, verified_at=NOW))
+    verified_event = CustomerVerified(customer_id=customer.id, verified_at=NOW)
+    verified = project_customer(customer, verified_event)
     assert verified is not None
     assert (verified.verified, verified.status, verified.verified_at) == (True, "verified", NOW)
     expired = project_customer(customer, CustomerVerificationExpired(customer_id=customer.id))
