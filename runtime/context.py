@@ -294,7 +294,11 @@ class WorkflowContext:
             fire_at = started_at + timedelta(seconds=timeout)
         if signal is not None:
             found = await self._host.journal.next_signal(self.workflow_id, signal)
-            if found is not None:
+            # A signal sent after the timer was due is late, even if the timer's own
+            # wake-up has not been handled yet: the deadline is the journaled fire_at.
+            late = found is not None and fire_at is not None and found.created_at is not None \
+                and found.created_at >= fire_at
+            if found is not None and not late:
                 return await self._wake(
                     seq, step_name, started_at, fire_at, found.payload, found.id
                 )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -55,15 +55,44 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     mailbox_depth: int
     in_flight: int
     timers: int
+    waiters: int
     ready: bool
 
 
-class _FinishWaiter:
-    __slots__ = ("event", "row")
+class _Waiter:
+    """Callers waiting for one thing (an event, an end); `value` is what came."""
+
+    __slots__ = ("event", "value", "waiting")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.row: WorkflowRow | None = None
+        self.value: Any = None
+        self.waiting = 0
+
+
+_K = TypeVar("_K")
+
+
+@contextmanager
+def _waiting(table: dict[_K, _Waiter], key: _K) -> Iterator[_Waiter]:
+    """Join (or create) the waiter for `key`; the last caller to leave removes it."""
+    waiter = table.get(key)
+    if waiter is None:
+        waiter = table[key] = _Waiter()
+    waiter.waiting += 1
+    try:
+        yield waiter
+    finally:
+        waiter.waiting -= 1
+        if waiter.waiting == 0 and table.get(key) is waiter:
+            del table[key]
+
+
+def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
+    waiter = table.pop(key, None)
+    if waiter is not None:
+        waiter.value = value
+        waiter.event.set()
 
 
 class Runtime(ActorHost, RunHost):
@@ -101,8 +130,12 @@ class Runtime(ActorHost, RunHost):
         self._epochs: dict[int, int] = {}
         self._in_flight = 0
         self._cancelling: set[str] = set()
-        self._event_waiters: dict[tuple[str, str], anyio.Event] = {}
-        self._finish_waiters: dict[str, _FinishWaiter] = {}
+        self._event_waiters: dict[tuple[str, str], _Waiter] = {}
+        self._finish_waiters: dict[str, _Waiter] = {}
+        # Workflows accepted here whose first run has not ended, with the events
+        # they published so far: for them memory is the truth, and waiting for
+        # their events or end needs no read of the journal.
+        self._fresh: dict[str, dict[str, Any]] = {}
         self._timers = TimerService(self._timer_fired)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -206,6 +239,7 @@ class Runtime(ActorHost, RunHost):
             self._in_flight -= 1
             return row, False
         self.metrics.workflows_started.labels(name).inc()
+        self._fresh[row.id] = {}
         self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True))
         return row, True
 
@@ -222,9 +256,12 @@ class Runtime(ActorHost, RunHost):
         )
         return row, True
 
-    def _check_capacity(self, actor_key: str) -> None:
+    def _check_open(self) -> None:
         if not self._accepting:
             raise OverloadedError("the runtime is not accepting work (starting or stopping)")
+
+    def _check_capacity(self, actor_key: str) -> None:
+        self._check_open()
         if self._in_flight >= self._max_in_flight:
             raise OverloadedError(f"{self._in_flight} workflows are in flight (the bound)")
         actor = self._actors.get(actor_key)
@@ -233,6 +270,7 @@ class Runtime(ActorHost, RunHost):
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
         """Store a signal durably, then wake its workflow. Raises WorkflowNotFoundError."""
+        self._check_open()
         signal = await self.journal.send_signal(workflow_id, name, to_json_value(payload))
         row = await self.journal.get_workflow(signal.workflow_id)
         if row is not None and row.status not in FINISHED_STATUSES:
@@ -240,6 +278,7 @@ class Runtime(ActorHost, RunHost):
 
     async def cancel(self, workflow_id: str) -> list[str]:
         """Cancel a workflow and its children at their next step boundary."""
+        self._check_open()
         ids = await self.journal.request_cancel(workflow_id)
         for cancelled_id in ids:
             self._cancelling.add(cancelled_id)
@@ -250,6 +289,7 @@ class Runtime(ActorHost, RunHost):
 
     async def retry(self, workflow_id: str) -> None:
         """Resume a failed workflow from its failed step; earlier steps are not re-run."""
+        self._check_open()
         await self.journal.retry_workflow(workflow_id)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
@@ -257,6 +297,7 @@ class Runtime(ActorHost, RunHost):
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's message to its actor again; None if unknown or taken."""
+        self._check_open()
         letter = await self.journal.take_dead_letter(letter_id)
         if letter is None:
             return None
@@ -269,24 +310,30 @@ class Runtime(ActorHost, RunHost):
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
         """(found, value) of the workflow's event `key`, waiting up to `timeout` s."""
-        waiter = self._event_waiters.setdefault((workflow_id, key), anyio.Event())
-        found, value = await self.journal.get_workflow_event(workflow_id, key)
-        if found:
-            return True, value
-        with anyio.move_on_after(timeout):
-            await waiter.wait()
-            return await self.journal.get_workflow_event(workflow_id, key)
+        with _waiting(self._event_waiters, (workflow_id, key)) as waiter:
+            fresh = self._fresh.get(workflow_id)
+            if fresh is not None and key in fresh:
+                return True, fresh[key]
+            if fresh is None:
+                found, value = await self.journal.get_workflow_event(workflow_id, key)
+                if found:
+                    return True, value
+            with anyio.move_on_after(timeout):
+                await waiter.event.wait()
+                return True, waiter.value
         return False, None
 
     async def wait_for_finish(self, workflow_id: str, timeout: float) -> WorkflowRow | None:
         """The workflow's row once it has finished, or None after `timeout` s."""
-        waiter = self._finish_waiters.setdefault(workflow_id, _FinishWaiter())
-        row = await self.journal.get_workflow(workflow_id)
-        if row is not None and row.status in FINISHED_STATUSES:
-            return row
-        with anyio.move_on_after(timeout):
-            await waiter.event.wait()
-            return waiter.row
+        with _waiting(self._finish_waiters, workflow_id) as waiter:
+            if workflow_id not in self._fresh:
+                row = await self.journal.get_workflow(workflow_id)
+                if row is not None and row.status in FINISHED_STATUSES:
+                    return row
+            with anyio.move_on_after(timeout):
+                await waiter.event.wait()
+                finished: WorkflowRow = waiter.value
+                return finished
         return None
 
     @property
@@ -300,6 +347,7 @@ class Runtime(ActorHost, RunHost):
             mailbox_depth=self._mailbox_depth(),
             in_flight=self._in_flight,
             timers=len(self._timers),
+            waiters=len(self._event_waiters) + len(self._finish_waiters),
             ready=self._ready,
         )
 
@@ -387,16 +435,18 @@ class Runtime(ActorHost, RunHost):
         ))
 
     def _finished(self, row: WorkflowRow) -> None:
-        waiter = self._finish_waiters.pop(row.id, None)
-        if waiter is not None:
-            waiter.row = row
-            waiter.event.set()
+        _wake(self._finish_waiters, row.id, row)
 
     async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
+        # The workflow is failed first, so that a redelivery of the letter always
+        # finds it failed and can retry it.
         text = f"{type(error).__name__}: {error}"
+        await self._fail_dead_lettered(message, text)
         await self.journal.add_dead_letter(actor.key, {"workflow_id": message.workflow_id}, text)
         self.metrics.dead_letters.inc()
-        row = message.row or await self.journal.get_workflow(message.workflow_id)
+
+    async def _fail_dead_lettered(self, message: Run, text: str) -> None:
+        row = await self.journal.get_workflow(message.workflow_id)
         if row is not None and row.status not in FINISHED_STATUSES:
             change = StatusChange(
                 workflow_id=row.id, status="failed",
@@ -414,6 +464,7 @@ class Runtime(ActorHost, RunHost):
     def message_done(self, actor: Actor, message: Run) -> None:
         if message.external:
             self._in_flight -= 1
+            self._fresh.pop(message.workflow_id, None)
 
     def passivate(self, actor: Actor) -> bool:
         if actor.depth() or self._actors.get(actor.key) is not actor:
@@ -474,9 +525,10 @@ class Runtime(ActorHost, RunHost):
         self._timers.set(workflow_id, actor_key, fire_at)
 
     def event_published(self, workflow_id: str, key: str, value: Any) -> None:
-        waiter = self._event_waiters.pop((workflow_id, key), None)
-        if waiter is not None:
-            waiter.set()
+        fresh = self._fresh.get(workflow_id)
+        if fresh is not None:
+            fresh[key] = value
+        _wake(self._event_waiters, (workflow_id, key), value)
 
     def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
         self.metrics.steps.labels(workflow, step, outcome).inc()

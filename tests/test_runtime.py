@@ -377,3 +377,53 @@ async def test_an_idempotency_key_starts_one_workflow(journal: Journal) -> None:
         again, created_again = await rt.start_workflow("flow", 1, actor_key="a:1",
                                                        idempotency_key="k")
         assert created and not created_again and again.id == first.id
+
+
+async def test_a_signal_sent_after_the_deadline_does_not_beat_the_timer(journal: Journal) -> None:
+    """Even when the actor is too busy to handle the timer before the signal."""
+    busy = anyio.Event()
+
+    async def blocker(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("busy", busy.wait)
+
+    async def flow(ctx: WorkflowContext, _: None) -> bool:
+        wake = await ctx.wait_for_signal("go", timeout=0.2)
+        return wake.timed_out
+
+    async with Runtime(journal) as rt:
+        rt.register(flow)
+        rt.register(blocker)
+        row, _ = await rt.start_workflow("flow", None, actor_key="a:1")
+        await wait_status(journal, row.id, "waiting")
+        await rt.start_workflow("blocker", None, actor_key="a:1")
+        await anyio.sleep(0.4)
+        await rt.signal(row.id, "go", "too late")
+        busy.set()
+        done = await rt.wait_for_finish(row.id, 5)
+    assert done is not None and done.result is True
+    assert (await journal.next_signal(row.id, "go")) is not None  # left unconsumed
+
+
+async def test_waits_that_time_out_leave_nothing_behind(journal: Journal) -> None:
+    async def flow(ctx: WorkflowContext, _: None) -> None:
+        await ctx.wait_for_signal("never", timeout=60)
+
+    async with Runtime(journal) as rt:
+        rt.register(flow)
+        row, _ = await rt.start_workflow("flow", None, actor_key="a:1")
+        assert await rt.wait_for_event(row.id, "nothing", 0.05) == (False, None)
+        assert await rt.wait_for_finish(row.id, 0.05) is None
+        assert rt.statistics().waiters == 0
+
+
+async def test_commands_before_the_runtime_opens_are_refused(journal: Journal) -> None:
+    rt = Runtime(journal)
+
+    async def flow(ctx: WorkflowContext, _: None) -> None:
+        return None
+
+    rt.register(flow)
+    with pytest.raises(OverloadedError, match="not accepting"):
+        await rt.signal("wf", "go")
+    with pytest.raises(OverloadedError, match="not accepting"):
+        await rt.start_workflow("flow", None, actor_key="a:1")
