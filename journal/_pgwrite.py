@@ -23,7 +23,7 @@ ON CONFLICT (kind, id) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-_APPEND: Final = "SELECT retinue_append(" + ", ".join(f"${i}" for i in range(1, 44)) + ")"
+_APPEND: Final = "SELECT retinue_append(" + ", ".join(f"${i}" for i in range(1, 45)) + ")"
 
 
 async def append_batches(conn: Conn, batches: Sequence[Batch]) -> None:
@@ -36,7 +36,8 @@ async def append_batches(conn: Conn, batches: Sequence[Batch]) -> None:
 def _append_args(batches: Sequence[Batch]) -> list[Any]:
     fenced = [b for b in batches if b.epoch is not None]
     workflows = [_json_at(workflow_args(wf), 4) for b in batches for wf in b.workflows]
-    steps = [_json_at(_step_args(step, b.partition), 7, 8) for b in batches for step in b.steps]
+    steps = [_json_at(_step_args(step, b.partition), 7, 8, 13)
+             for b in batches for step in b.steps]
     changes = [(c.workflow_id, c.status, _json(c.result), c.error)
                for b in batches for c in b.statuses]
     events = [_json_at(_event_args(e, b.partition), 3) for b in batches for e in b.events]
@@ -46,7 +47,7 @@ def _append_args(batches: Sequence[Batch]) -> list[Any]:
     consumed = [signal_id for b in batches for signal_id in b.consumed_signals]
     return [
         [b.partition for b in fenced], [b.epoch for b in fenced],
-        *_columns(workflows, 9), *_columns(steps, 13), *_columns(changes, 4),
+        *_columns(workflows, 9), *_columns(steps, 14), *_columns(changes, 4),
         *_columns(events, 6), *_columns(documents, 5), *_columns(wf_events, 3), consumed,
     ]
 
@@ -103,6 +104,7 @@ def _step_args(step: StepRecord, partition: int) -> tuple[Any, ...]:
         step.started_at,
         step.finished_at,
         step.fire_at,
+        step.history,
     )
 
 

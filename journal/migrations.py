@@ -69,6 +69,7 @@ CREATE TABLE steps (
     started_at  timestamptz NOT NULL,
     finished_at timestamptz,
     fire_at     timestamptz,
+    history     jsonb,
     CONSTRAINT steps_pkey PRIMARY KEY (workflow_id, seq)
 );
 CREATE INDEX steps_waiting ON steps (fire_at) WHERE kind = 'wait' AND status = 'started';
@@ -135,6 +136,7 @@ CREATE FUNCTION retinue_append(
     st_wf text[], st_seq bigint[], st_partition integer[], st_name text[], st_kind text[],
     st_status text[], st_attempt integer[], st_input text[], st_output text[],
     st_error text[], st_started timestamptz[], st_finished timestamptz[], st_fire timestamptz[],
+    st_history text[],
     ch_id text[], ch_status text[], ch_result text[], ch_error text[],
     ev_actor text[], ev_seq bigint[], ev_type text[], ev_payload text[], ev_wf text[],
     ev_partition integer[],
@@ -172,17 +174,18 @@ BEGIN
     END IF;
     IF cardinality(st_wf) > 0 THEN
         INSERT INTO steps (workflow_id, seq, partition, name, kind, status, attempt, input,
-                           output, error, started_at, finished_at, fire_at)
-        SELECT w, q, p, n, k, s, a, i::jsonb, o::jsonb, e, sa, fa, fi
+                           output, error, started_at, finished_at, fire_at, history)
+        SELECT w, q, p, n, k, s, a, i::jsonb, o::jsonb, e, sa, fa, fi, h::jsonb
         FROM unnest(st_wf, st_seq, st_partition, st_name, st_kind, st_status,
                     st_attempt, st_input, st_output, st_error, st_started,
-                    st_finished, st_fire) AS x(w, q, p, n, k, s, a, i, o, e, sa, fa, fi)
+                    st_finished, st_fire, st_history)
+            AS x(w, q, p, n, k, s, a, i, o, e, sa, fa, fi, h)
         ON CONFLICT (workflow_id, seq) DO UPDATE SET
             partition = excluded.partition, name = excluded.name, kind = excluded.kind,
             status = excluded.status, attempt = excluded.attempt, input = excluded.input,
             output = excluded.output, error = excluded.error,
             started_at = excluded.started_at, finished_at = excluded.finished_at,
-            fire_at = excluded.fire_at;
+            fire_at = excluded.fire_at, history = excluded.history;
     END IF;
     IF cardinality(ch_id) > 0 THEN
         SELECT c.id INTO missing FROM unnest(ch_id) AS c(id)

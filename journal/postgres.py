@@ -51,7 +51,7 @@ _WORKFLOW_COLUMNS: Final = """
 """
 _STEP_COLUMNS: Final = """
     workflow_id, seq, name, kind, status, attempt, input, output, error,
-    started_at, finished_at, fire_at
+    started_at, finished_at, fire_at, history
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 

@@ -93,6 +93,9 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
     finished_at: datetime | None = None
     fire_at: datetime | None = None
+    # Earlier failed attempts, oldest first: [{"attempt", "started_at",
+    # "finished_at", "error"}], so a timeline can draw every try.
+    history: Any = None
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True):

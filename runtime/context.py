@@ -90,6 +90,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _attempt(attempt: int, began: datetime, error: str | None) -> dict[str, Any]:
+    """One try of a step, as kept in its record's history."""
+    return {"attempt": attempt, "started_at": began.isoformat(),
+            "finished_at": _now().isoformat(), "error": error}
+
+
 class WorkflowContext:
     """Handed to a workflow function; every method is a durable step. Cancellable."""
 
@@ -161,9 +167,13 @@ class WorkflowContext:
     ) -> Any:
         started_at = recorded.started_at if recorded is not None else _now()
         last_error = recorded.error if recorded is not None else None
+        # Every failed attempt, so a timeline can draw each try (kept on the record).
+        history: list[dict[str, Any]] = list(recorded.history or []) if recorded else []
         while True:
+            attempt_began = _now()
             if effect:
-                await self._write_step(seq, name, "started", attempt, started_at, error=last_error)
+                await self._write_step(seq, name, "started", attempt, started_at,
+                                       error=last_error, history=history or None)
             began = time.perf_counter()
             try:
                 result = await self._call(fn, args, StepInfo(
@@ -172,18 +182,21 @@ class WorkflowContext:
             except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
+                history.append(_attempt(attempt, attempt_began, last_error))
                 if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, attempt):
-                    await self._write_step(
-                        seq, name, "failed", attempt, started_at, error=last_error, finished=True
-                    )
+                    await self._write_step(seq, name, "failed", attempt, started_at,
+                                           error=last_error, finished=True, history=history)
                     raise StepFailedError(self.workflow_id, seq, name, last_error) from exc
                 await anyio.sleep(retry.backoff(attempt))
                 attempt += 1
                 continue
             self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
+            if history:
+                history.append(_attempt(attempt, attempt_began, None))
             self._defer(self._record(
                 seq, name, "step", "completed", attempt, started_at,
                 output=to_json_value(result), error=last_error, finished=True,
+                history=history or None,
             ))
             return result
 
@@ -342,20 +355,21 @@ class WorkflowContext:
     def _record(
         self, seq: int, name: str, kind: str, status: str, attempt: int, started_at: datetime,
         *, input: Any = None, output: Any = None, error: str | None = None,
-        finished: bool = False, fire_at: datetime | None = None,
+        finished: bool = False, fire_at: datetime | None = None, history: Any = None,
     ) -> StepRecord:
         return StepRecord(
             workflow_id=self.workflow_id, seq=seq, name=name, kind=kind, status=status,
             attempt=attempt, input=input, output=output, error=error, started_at=started_at,
-            finished_at=_now() if finished else None, fire_at=fire_at,
+            finished_at=_now() if finished else None, fire_at=fire_at, history=history,
         )
 
     async def _write_step(
         self, seq: int, name: str, status: str, attempt: int, started_at: datetime,
         *, output: Any = None, error: str | None = None, finished: bool = False,
+        history: Any = None,
     ) -> None:
         record = self._record(seq, name, "step", status, attempt, started_at,
-                              output=output, error=error, finished=finished)
+                              output=output, error=error, finished=finished, history=history)
         await self._commit(record)
 
     def _defer(self, record: StepRecord) -> None:

@@ -235,12 +235,19 @@ async def test_retries_then_fails_then_resumes_from_the_failed_step(journal: Jou
         assert "s2" in (failed.error or "") and "ConnectionError" in (failed.error or "")
         steps = await journal.load_steps(row.id)
         assert (steps[2].status, steps[2].attempt) == ("failed", 3)
+        tries = steps[2].history
+        assert [t["attempt"] for t in tries] == [1, 2, 3]
+        assert all("ConnectionError: s2 is down" == t["error"] for t in tries)
         assert effects.count() == {"s0": 1, "s1": 1, "s2": 3}
         effects.failures = {}
         await rt.retry(row.id)
         done = await rt.wait_for_finish(row.id, 5)
     assert done is not None and (done.status, done.result) == ("completed", 100)
     assert effects.count() == {"s0": 1, "s1": 1, "s2": 4, "s3": 1}
+    retried = (await journal.load_steps(row.id))[2]
+    assert [(t["attempt"], t["error"] is None) for t in retried.history] == [
+        (1, False), (2, False), (3, False), (1, True),
+    ]
 
 
 async def test_a_non_retryable_error_fails_the_step_at_once(journal: Journal) -> None:
