@@ -133,6 +133,9 @@ class Actor:
                         await self._host.dead_letter(self, message, exc)
                         return
                     await anyio.sleep(self._restart.backoff(crashes))
+                # The failed attempt may have journaled steps, so the retry replays
+                # them: a row handed in with a new workflow stands for an empty history.
+                message = msgspec.structs.replace(message, row=None)
         finally:
             self.current = None
             self._host.message_done(self, message)
