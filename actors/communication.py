@@ -39,8 +39,9 @@ class OutboxCommunicator:
     """No webhook: the outbox row is the record; log it for the operator."""
 
     async def deliver(self, message: OutgoingMessage) -> str:
+        # The log stands in for the mail: it carries the token, as the mail would.
         _log.info(
-            "message %s to %s (%s) recorded in the outbox",
-            message.type, message.email, message.idempotency_key,
+            "message %s to %s recorded in the outbox (token %s, idempotency key %s)",
+            message.type, message.email, message.token or "-", message.idempotency_key,
         )
         return "recorded"
