@@ -20,6 +20,7 @@ import msgspec
 from journal import (
     Batch,
     Journal,
+    JournalUnavailableError,
     NewWorkflow,
     StatusChange,
     StepRecord,
@@ -179,6 +180,10 @@ class WorkflowContext:
                 result = await self._call(fn, args, StepInfo(
                     workflow_id=self.workflow_id, seq=seq, name=name, attempt=attempt
                 ))
+            except JournalUnavailableError:
+                # The database is away, not the step at fault: spending its retries
+                # would fail the workflow. The actor's supervisor waits the outage out.
+                raise
             except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
