@@ -35,6 +35,10 @@ _UNAVAILABLE: Final = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # "cannot switch to state 12; another operation (2) is in progress": an idle
+    # pooled connection took the server's FATAL (shutting down) and was borrowed
+    # before it closed. The statement was never sent.
+    asyncpg.InternalClientError,
 )
 
 # jsonb's binary wire format is a version byte (1), then the JSON text.
