@@ -100,15 +100,23 @@ class Actor:
         task_status.started()
         async with self._send, self._inbox:
             while True:
-                message = None
-                idle_for = self._idle_timeout if self._idle_timeout > 0 else math.inf
-                with anyio.move_on_after(idle_for):
-                    message = await self._inbox.receive()
+                message = await self._next_message()
                 if message is None:
                     if self._host.passivate(self):
                         return
                     continue
                 await self._supervise(message)
+
+    async def _next_message(self) -> Run | None:
+        """The next message, or None after `idle_timeout` without one."""
+        try:
+            return self._inbox.receive_nowait()  # spares a cancel scope when busy
+        except anyio.WouldBlock:
+            pass
+        idle_for = self._idle_timeout if self._idle_timeout > 0 else math.inf
+        with anyio.move_on_after(idle_for):
+            return await self._inbox.receive()
+        return None
 
     async def _supervise(self, message: Run) -> None:
         crashes = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,6 +19,7 @@ class RuntimeMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._step_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.workflows_started = Counter(
             "retinue_workflows_started", "Workflows accepted.", ["workflow"], registry=registry
         )
@@ -64,6 +66,20 @@ class RuntimeMetrics:
         self.passivations = Counter(
             "retinue_passivations", "Idle actors stopped to free memory.", registry=registry
         )
+
+    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
+        """Count one step attempt and its duration. The labelled children are
+        cached: prometheus_client's labels() costs more than the update."""
+        key = (workflow, step, outcome)
+        children = self._step_children.get(key)
+        if children is None:
+            children = self._step_children[key] = (
+                self.steps.labels(workflow, step, outcome),
+                self.step_duration.labels(workflow, step),
+            )
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     def watch(self, active_actors: Callable[[], float], mailbox_depth: Callable[[], float]) -> None:
         """Read the gauges from the runtime at scrape time."""

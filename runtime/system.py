@@ -531,5 +531,4 @@ class Runtime(ActorHost, RunHost):
         _wake(self._event_waiters, (workflow_id, key), value)
 
     def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
-        self.metrics.steps.labels(workflow, step, outcome).inc()
-        self.metrics.step_duration.labels(workflow, step).observe(seconds)
+        self.metrics.step_finished(workflow, step, outcome, seconds)
