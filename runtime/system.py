@@ -136,6 +136,7 @@ class Runtime(ActorHost, RunHost):
         # they published so far: for them memory is the truth, and waiting for
         # their events or end needs no read of the journal.
         self._fresh: dict[str, dict[str, Any]] = {}
+        self._finish_listeners: list[Callable[[WorkflowRow], None]] = []
         self._timers = TimerService(self._timer_fired)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -434,8 +435,15 @@ class Runtime(ActorHost, RunHost):
             row, status=outcome, result=result, error=error, updated_at=datetime.now(UTC)
         ))
 
+    def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:
+        """Call `listener(row)` each time a workflow ends here, after its end is
+        committed (tracing exports it). It must not block or raise."""
+        self._finish_listeners.append(listener)
+
     def _finished(self, row: WorkflowRow) -> None:
         _wake(self._finish_waiters, row.id, row)
+        for listener in self._finish_listeners:
+            listener(row)
 
     async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
         # The workflow is failed first, so that a redelivery of the letter always
