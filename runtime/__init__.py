@@ -20,6 +20,16 @@ from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
 from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
 from .system import Runtime, RuntimeStatistics, WorkflowFn
+from .tracing import (
+    Span,
+    TraceExporter,
+    otlp_exporter_from_env,
+    parse_trace_ref,
+    parse_traceparent,
+    trace_ref,
+    trace_spans,
+    workflow_spans,
+)
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -35,8 +45,10 @@ __all__ = [
     "Runtime",
     "RuntimeStatistics",
     "SimulatedCrash",
+    "Span",
     "StepFailedError",
     "StepInfo",
+    "TraceExporter",
     "UnknownWorkflowTypeError",
     "Wakeup",
     "WorkflowCancelledError",
@@ -46,7 +58,13 @@ __all__ = [
     "WriteSet",
     "current_step",
     "event_type_of",
+    "otlp_exporter_from_env",
+    "parse_trace_ref",
+    "parse_traceparent",
     "partition_of",
     "read_event_log",
     "replace_projection",
+    "trace_ref",
+    "trace_spans",
+    "workflow_spans",
 ]
