@@ -216,7 +216,7 @@ class Runtime(ActorHost, RunHost):
 
         Raises OverloadedError (nothing written) past the in-flight or mailbox
         bound. With an existing id or idempotency key, returns that workflow
-        with created=False and starts nothing."""
+        with created=False and starts nothing new (a pending one is queued again)."""
         if name not in self._workflows:
             raise UnknownWorkflowTypeError(name, list(self._workflows))
         self._check_capacity(actor_key)
@@ -238,6 +238,11 @@ class Runtime(ActorHost, RunHost):
             raise
         if not created:
             self._in_flight -= 1
+            if row.status == "pending":
+                # Its first acceptance may have committed with the answer lost (the
+                # caller saw an outage and sent it again): then nobody queued it.
+                # A second Run is only a replay if it is queued already.
+                self._deliver(row.actor_key, Run(workflow_id=row.id))
             return row, False
         self.metrics.workflows_started.labels(name).inc()
         self._fresh[row.id] = {}
