@@ -21,6 +21,7 @@ from journal import (
     PARTITION_COUNT,
     Batch,
     DeadLetter,
+    IntegrityError,
     Journal,
     JournalUnavailableError,
     NewWorkflow,
@@ -498,7 +499,7 @@ class Runtime(ActorHost, RunHost):
         while True:
             began = time.perf_counter()
             try:
-                await self.journal.append(batch)
+                await self._append_once(batch, after_outage=outages > 0)
             except JournalUnavailableError:
                 outages += 1
                 self._ready = False
@@ -509,6 +510,26 @@ class Runtime(ActorHost, RunHost):
             if outages and self._accepting:
                 self._ready = True
             return
+
+    async def _append_once(self, batch: Batch, *, after_outage: bool) -> None:
+        try:
+            await self.journal.append(batch)
+        except IntegrityError:
+            # A try cut off by an outage may have committed with only its answer
+            # lost; then this retry collides with itself, and the batch is in.
+            if not (after_outage and await self._landed(batch)):
+                raise
+
+    async def _landed(self, batch: Batch) -> bool:
+        """Whether the journal holds every step record of `batch` as written."""
+        for record in batch.steps:
+            stored = {s.seq: s for s in await self.journal.load_steps(record.workflow_id)}
+            found = stored.get(record.seq)
+            if found is None or (found.status, found.started_at, found.finished_at) != (
+                record.status, record.started_at, record.finished_at
+            ):
+                return False
+        return bool(batch.steps)
 
     def epoch_of(self, partition: int) -> int:
         return self._epochs[partition]
