@@ -95,7 +95,9 @@ def operate_verify(
     invited: CustomerInvited, command: VerifyCustomer, now: datetime
 ) -> VerifyOutcome:
     """Pure: the right token verifies the customer; any other is rejected."""
-    if not secrets.compare_digest(command.token, invited.token):
+    # As bytes: compare_digest raises TypeError on str with non-ASCII characters.
+    given, expected = (t.encode("utf-8", "surrogatepass") for t in (command.token, invited.token))
+    if not secrets.compare_digest(given, expected):
         return VerificationRejected(customer_id=invited.customer_id, reason=WRONG_TOKEN)
     return CustomerVerified(customer_id=invited.customer_id, verified_at=now)
 
