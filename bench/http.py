@@ -6,7 +6,7 @@ concurrency level sends its own distinct emails, so every request is a new
 customer: accept (journal) -> invite step (LOW) -> child communicate workflow ->
 200 once the invite is written. At the end the server gets SIGTERM and its exit
 code is reported.
-Run: python -m bench http [--invites 2000] [--concurrency 1 16 64]
+Run: python -m bench http [--invites 2000] [--concurrency 1 16 64] [--wrk SECONDS]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 import anyio
+import msgspec
 import psutil
 
 from .common import emit, fresh_database, machine, percentile
@@ -141,6 +143,73 @@ async def _drain(session: aiohttp.ClientSession, base: str, within: float = 30) 
     return time.perf_counter() - began
 
 
+async def _statuses(session: aiohttp.ClientSession, base: str) -> Counter[str]:
+    """The server's own count of invite answers by status (from /metrics)."""
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("retinue_http_requests_total{") and 'route="/customers/invite"' in line:
+            labels, _, value = line.rpartition(" ")
+            status = labels.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] += int(float(value))
+    return counts
+
+
+_WRK_SCRIPT = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/customers/invite", {["Content-Type"] = "application/json"},
+                    '{"email": "wrk-%(label)s-' .. n .. '@example.com"}')
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'WRK {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, "max_us": %%d, '
+    .. '"socket_errors": %%d, "non_2xx_or_3xx": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.errors.status))
+end
+"""
+
+
+async def _wrk(
+    base: str, server: psutil.Process, seconds: int, concurrency: int, label: str
+) -> dict[str, Any]:
+    """The same invites from wrk (one thread, `concurrency` connections, distinct
+    emails from a Lua counter); statuses from the server's own metrics."""
+    script = LOG_DIR / f"wrk-{label}.lua"
+    script.write_text(_WRK_SCRIPT % {"label": label})
+    async with aiohttp.ClientSession() as session:
+        before = await _statuses(session, base)
+        server_cpu = _cpu_seconds(server)
+        done = await anyio.run_process(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+             "-s", str(script), f"{base}/customers/invite"], check=True)
+        server_cpu = _cpu_seconds(server) - server_cpu
+        statuses = await _statuses(session, base) - before
+        drained = await _drain(session, base)
+    line = next(x for x in done.stdout.decode().splitlines() if x.startswith("WRK "))
+    got = msgspec.json.decode(line[4:])
+    requests = max(got["requests"], 1)
+    return {
+        "client": "wrk",
+        "concurrency": concurrency,
+        "invites": got["requests"],
+        "seconds": round(got["duration_us"] / 1e6, 3),
+        "requests_per_s": round(got["requests"] / (got["duration_us"] / 1e6), 1),
+        "p50_ms": round(got["p50_us"] / 1000, 2),
+        "p99_ms": round(got["p99_us"] / 1000, 2),
+        "max_ms": round(got["max_us"] / 1000, 2),
+        # The server's count: it includes requests wrk abandoned at its deadline.
+        "server_statuses": dict(sorted(statuses.items())),
+        "socket_errors": got["socket_errors"],
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / requests, 3),
+        "seconds_to_drain_children": round(drained, 3),
+    }
+
+
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -163,6 +232,7 @@ async def _measure(
         server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
         drained = await _drain(session, base)
     return {
+        "client": "aiohttp",
         "concurrency": concurrency,
         "invites": invites,
         "seconds": round(elapsed, 3),
@@ -178,7 +248,8 @@ async def _measure(
 
 
 async def run(
-    invites: int, concurrencies: list[int], resolve_timeout: float, profile: str | None = None
+    invites: int, concurrencies: list[int], resolve_timeout: float, profile: str | None = None,
+    wrk_seconds: int = 0,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6]
     results = []
@@ -201,6 +272,10 @@ async def run(
                 results.append(
                     await _measure(base, server, count, concurrency, f"{run_id}-c{concurrency}")
                 )
+            if wrk_seconds and shutil.which("wrk"):
+                for concurrency in concurrencies:
+                    results.append(await _wrk(base, server, wrk_seconds, concurrency,
+                                              f"{run_id}-wrk{concurrency}"))
             rss = server.memory_info().rss
         finally:
             exit_code, stop_seconds = await stop_server(process)
@@ -213,7 +288,7 @@ async def run(
         "server_rss_mib_after": round(rss / 2**20, 1),
         "server_exit_code": exit_code,
         "server_stop_seconds": stop_seconds,
-        "client": "aiohttp, in the bench process (same machine)",
+        "clients": "aiohttp in the bench process; wrk (one thread) with --wrk; same machine",
         "machine": machine(),
     }
 
@@ -227,9 +302,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="RETINUE_RESOLVE_TIMEOUT for the server (202 past it)")
     parser.add_argument("--server-profile", metavar="PATH",
                         help="run the server under cProfile, stats to PATH (slows it down)")
+    parser.add_argument("--wrk", type=int, default=0, metavar="SECONDS",
+                        help="also run wrk (if installed) this long at each concurrency")
     args = parser.parse_args(argv)
     profile = str(Path(args.server_profile).resolve()) if args.server_profile else None
-    emit(anyio.run(run, args.invites, args.concurrency, args.resolve_timeout, profile))
+    emit(anyio.run(run, args.invites, args.concurrency, args.resolve_timeout, profile,
+                   args.wrk))
 
 
 if __name__ == "__main__":
