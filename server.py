@@ -303,13 +303,24 @@ def _decode(decoder: msgspec.json.Decoder[T], body: bytes, example: str) -> T:
         raise ApiError(400, f"the request body is empty; send JSON like {example}",
                        reason="invalid_body")
     try:
-        return decoder.decode(body)
+        decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ApiError(400, f"invalid request body: {_with_path(exc)}; send JSON like {example}",
                        reason="invalid_body") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc}); send JSON like "
                        f"{example}", reason="invalid_body") from exc
+    if isinstance(decoded, msgspec.Struct):
+        _refuse_nul(decoded)
+    return decoded
+
+
+def _refuse_nul(body: msgspec.Struct) -> None:
+    """A 400 for a string field holding NUL, which PostgreSQL cannot store."""
+    for name, value in msgspec.structs.asdict(body).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiError(400, f"the string holds a NUL character (\\u0000) - at `$.{name}`; "
+                           "remove it", reason="invalid_body")
 
 
 async def _read_json(request: web.Request, decoder: msgspec.json.Decoder[T], example: str) -> T:
@@ -322,6 +333,9 @@ async def _read_json(request: web.Request, decoder: msgspec.json.Decoder[T], exa
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, f"the request body is larger than {request.app[_MAX_BODY]} bytes; "
                        "send a smaller one", reason="too_large") from exc
+    except web.RequestPayloadError as exc:
+        raise ApiError(400, f"the request body could not be read ({exc}); check its "
+                       "Content-Encoding, or send it plain", reason="invalid_body") from exc
     return _decode(decoder, body, example)
 
 
@@ -352,9 +366,16 @@ def _customer_id(request: web.Request) -> str:
                        "'8c0ae2d9-1c2b-5e8f-9a57-3f0e6d7c4b21'", reason="invalid_id") from exc
 
 
+def _workflow_id(request: web.Request) -> str:
+    raw = request.match_info["id"]
+    if "\x00" in raw:  # PostgreSQL cannot store NUL, so no workflow has this id
+        raise ApiError(404, f"no workflow with id {raw[:80]!r}; check the id", reason="not_found")
+    return raw
+
+
 def _dead_letter_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, f"{raw[:80]!r} is not a dead letter id; they are integers "
                        "(see GET /dead-letters)", reason="invalid_id")
     return int(raw)
@@ -383,6 +404,10 @@ def _workflow_query(request: web.Request) -> WorkflowQuery:
     if repeated:
         raise ApiError(400, f"query parameter `{repeated[0]}` is given more than once; give it "
                        "once", reason="invalid_query")
+    nul = sorted(k for k, v in request.query.items() if "\x00" in k + v)
+    if nul:
+        raise ApiError(400, f"query parameter {nul[0][:40]!r} holds a NUL character (%00); "
+                       "remove it", reason="invalid_query")
     try:
         return msgspec.convert(dict(request.query), WorkflowQuery, strict=False)
     except msgspec.ValidationError as exc:
@@ -741,7 +766,7 @@ class _Api:
         ))
 
     async def get_workflow(self, request: web.Request) -> web.Response:
-        workflow_id = request.match_info["id"]
+        workflow_id = _workflow_id(request)
         row = await self._journal.get_workflow(workflow_id)
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
@@ -755,7 +780,7 @@ class _Api:
         ))
 
     async def retry_workflow(self, request: web.Request) -> web.Response:
-        workflow_id = request.match_info["id"]
+        workflow_id = _workflow_id(request)
         self._require_ready()
         await self._runtime.retry(workflow_id)
         self._metrics.accepted.labels("retry").inc()
@@ -764,7 +789,7 @@ class _Api:
                                       status_url=f"/workflows/{workflow_id}"))
 
     async def cancel_workflow(self, request: web.Request) -> web.Response:
-        workflow_id = request.match_info["id"]
+        workflow_id = _workflow_id(request)
         self._require_ready()
         ids = await self._runtime.cancel(workflow_id)
         self._metrics.accepted.labels("cancel").inc()
