@@ -68,7 +68,10 @@ def machine() -> dict[str, Any]:
 
 
 def revision() -> str:
-    """The commit measured, "+dirty" when the code under test has uncommitted changes."""
+    """The commit measured, "+dirty" when the code under test has uncommitted changes
+    (RETINUE_BENCH_REVISION overrides it, e.g. for a `git archive` export)."""
+    if os.environ.get("RETINUE_BENCH_REVISION"):
+        return os.environ["RETINUE_BENCH_REVISION"]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
