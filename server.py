@@ -10,7 +10,10 @@ asked to stop; `main` is the command line:
 
 Environment: DATABASE_URL (else an embedded PostgreSQL in --data-dir),
 RETINUE_API_TOKEN, COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds,
-default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5).
+default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5),
+OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra).
+
+GET / is the dashboard: static files (static/) over the JSON API below it.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Final, Literal, NamedTuple, Self, TypeVar
@@ -60,20 +64,34 @@ from actors import (
     OutgoingMessage,
     VerifyCustomer,
     VerifyResult,
+    customer_actor_key,
+    customer_id_for,
     normalize_email,
     verify_event_key,
 )
 from journal import (
     DeadLetter,
+    DomainEvent,
     InvalidTransitionError,
     JournalError,
     JournalUnavailableError,
     StepRecord,
     WorkflowNotFoundError,
+    WorkflowPage,
     WorkflowRow,
     open_journal,
 )
-from runtime import NonRetryableError, OverloadedError, Runtime
+from runtime import (
+    NonRetryableError,
+    OverloadedError,
+    Runtime,
+    Span,
+    otlp_exporter_from_env,
+    parse_trace_ref,
+    parse_traceparent,
+    trace_ref,
+    trace_spans,
+)
 
 __all__ = [
     "ServerConfig",
@@ -93,7 +111,6 @@ T = TypeVar("T")
 
 MAX_BODY: Final = 64 * 1024
 _STATIC: Final = Path(__file__).resolve().with_name("static")
-_OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 _WORKFLOW_STATUSES: Final = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 _INVITE_EXAMPLE: Final = '{"email": "ada@example.com"}'
 _VERIFY_EXAMPLE: Final = '{"token": "<the token from the invitation>"}'
@@ -101,6 +118,20 @@ _MAX_TOKEN: Final = 512
 _MAX_IDEMPOTENCY_KEY: Final = 255
 _REDACTED: Final = "<redacted>"
 _MAX_BODY: Final = web.AppKey("max_body", int)
+# The time-range filter of GET /workflows reads at most this many rows per request.
+_SCAN_ROWS: Final = 5000
+_SCAN_PAGE: Final = 500
+_ASSET_TYPES: Final = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+                       ".html": "text/html"}
+# The dashboard loads only its own files and talks only to this server.
+_PAGE_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 # -- request and reply bodies -------------------------------------------------------
@@ -128,6 +159,32 @@ class WorkflowQuery(_Body, frozen=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     # Opaque to clients; both journals hand out a row position (see list_workflows).
     cursor: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")] | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    # A customer's email or id: their actor's workflows.
+    customer: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] | None = None
+    # Created at or after `since`, and before `until` (RFC 3339 with an offset).
+    since: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    until: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class OverviewQuery(_Body, frozen=True):
+    """The query of GET /api/overview: how many minutes of samples."""
+
+    minutes: Annotated[int, msgspec.Meta(ge=1, le=15)] = 5
+
+
+class ActorsQuery(_Body, frozen=True):
+    """The query of GET /api/actors: busiest first, optionally those whose key contains q."""
+
+    q: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
+
+
+class EventsQuery(_Body, frozen=True):
+    """The query of GET /actors/{key}/events: events after seq `after`, oldest first."""
+
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,6 +265,8 @@ class StepReply(_Reply, frozen=True):
     fire_at: datetime | None
     output: Any
     error: str | None
+    # Every attempt when there was more than one: [{attempt, started_at, finished_at, error}].
+    history: Any = None
 
 
 class WorkflowReply(WorkflowSummary, frozen=True):
@@ -252,6 +311,116 @@ class RedeliverReply(_Reply, frozen=True):
 
 class StatusReply(_Reply, frozen=True):
     status: str
+
+
+class Percentiles(_Reply, frozen=True):
+    """Latency in seconds (None without observations), from histogram buckets."""
+
+    count: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class RuntimeNumbers(_Reply, frozen=True):
+    ready: bool
+    active_actors: int
+    mailbox_depth: int
+    in_flight: int
+    timers: int
+    passivations: int
+    actor_restarts: int
+    dead_letters: int
+    replays: int
+
+
+class Rates(_Reply, frozen=True):
+    """Per second over the window; error rates are fractions (0 to 1)."""
+
+    started: float
+    completed: float
+    failed: float
+    cancelled: float
+    steps: float
+    step_errors: float
+    commands: float
+    command_errors: float
+    workflow_error_rate: float
+    step_error_rate: float
+
+
+class Latency(_Reply, frozen=True):
+    commands: Percentiles
+    steps: Percentiles
+    journal_append: Percentiles
+
+
+class Sample(_Reply, frozen=True):
+    """One interval between two samples: `t` its end (Unix seconds), rates per second."""
+
+    t: float
+    seconds: float
+    started: float
+    completed: float
+    failed: float
+    step_errors: float
+    commands: float
+    command_errors: float
+    command_p50: float | None
+    command_p99: float | None
+    step_p50: float | None
+    step_p99: float | None
+    in_flight: int
+    mailbox_depth: int
+    active_actors: int
+
+
+class OverviewReply(_Reply, frozen=True):
+    now: datetime
+    counts: dict[str, int]
+    total: int
+    runtime: RuntimeNumbers
+    window_seconds: float
+    rates: Rates
+    latency: Latency
+    samples: list[Sample]
+
+
+class ActorReply(_Reply, frozen=True):
+    key: str
+    mailbox_depth: int
+    current_workflow: str | None
+
+
+class ActorsReply(_Reply, frozen=True):
+    active: int
+    passivated: int
+    mailbox_depth: int
+    in_flight: int
+    actors: list[ActorReply]
+    truncated: bool
+
+
+class EventReply(_Reply, frozen=True):
+    seq: int
+    type: str
+    payload: Any
+    workflow_id: str | None
+    created_at: datetime | None
+
+
+class EventsReply(_Reply, frozen=True):
+    actor_key: str
+    events: list[EventReply]
+    next_after: int | None
+
+
+class TraceReply(_Reply, frozen=True):
+    """A workflow's trace: its spans and its descendants', from the journal."""
+
+    trace_id: str
+    workflow_id: str
+    spans: list[Span]
 
 
 _encoder = msgspec.json.Encoder()
@@ -399,7 +568,8 @@ def _request_hash(route: str, body: msgspec.Struct) -> str:
     return hashlib.sha256(route.encode() + b"\n" + _encoder.encode(body)).hexdigest()
 
 
-def _workflow_query(request: web.Request) -> WorkflowQuery:
+def _query(request: web.Request, type_: type[T], parameters: str) -> T:
+    """The query string as a `type_`, or a 400 that names the problem and the parameters."""
     repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
     if repeated:
         raise ApiError(400, f"query parameter `{repeated[0]}` is given more than once; give it "
@@ -409,11 +579,31 @@ def _workflow_query(request: web.Request) -> WorkflowQuery:
         raise ApiError(400, f"query parameter {nul[0][:40]!r} holds a NUL character (%00); "
                        "remove it", reason="invalid_query")
     try:
-        return msgspec.convert(dict(request.query), WorkflowQuery, strict=False)
+        return msgspec.convert(dict(request.query), type_, strict=False)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, f"invalid query: {_with_path(exc)}; the parameters are status ("
-                       f"{', '.join(_WORKFLOW_STATUSES)}), actor, limit (1 to 500) and cursor "
-                       "(the next_cursor of the previous page)", reason="invalid_query") from exc
+        raise ApiError(400, f"invalid query: {_with_path(exc)}; the parameters are "
+                       f"{parameters}", reason="invalid_query") from exc
+
+
+def _workflow_query(request: web.Request) -> WorkflowQuery:
+    return _query(request, WorkflowQuery, (
+        f"status ({', '.join(_WORKFLOW_STATUSES)}), actor, customer (an email or customer id), "
+        "name, since and until (RFC 3339 times with an offset), limit (1 to 500) and cursor "
+        "(the next_cursor of the previous page)"))
+
+
+def _customer_actor(customer: str) -> str:
+    """The actor key of a customer given by email or id."""
+    if "@" in customer:
+        try:
+            return customer_actor_key(customer_id_for(customer))
+        except InvalidEmailError as exc:
+            raise ApiError(400, f"{exc} - at `$.customer`", reason="invalid_query") from exc
+    try:
+        return customer_actor_key(str(uuid.UUID(customer)))
+    except ValueError as exc:
+        raise ApiError(400, f"{customer[:80]!r} is neither an email nor a customer id - at "
+                       "`$.customer`", reason="invalid_query") from exc
 
 
 def _overloaded(exc: OverloadedError) -> ApiError:
@@ -480,10 +670,199 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# -- the dashboard's numbers: a ring buffer of samples of the registry --------------------
+
+_SAMPLE_EVERY: Final = 1.0
+_SAMPLES_KEPT: Final = 15 * 60
+_MAX_POINTS: Final = 120
+# Registry samples summed over their labels: sample name -> our name.
+_COUNTERS: Final = {
+    "retinue_workflows_started_total": "started",
+    "retinue_steps_total": "steps",
+    "retinue_passivations_total": "passivations",
+    "retinue_actor_restarts_total": "actor_restarts",
+    "retinue_dead_letters_total": "dead_letters",
+    "retinue_recovery_replays_total": "replays",
+}
+_HTTP_BUCKETS: Final = "retinue_http_request_duration_seconds_bucket"
+_HISTOGRAMS: Final = {
+    _HTTP_BUCKETS: "commands",
+    "retinue_step_duration_seconds_bucket": "steps",
+    "retinue_journal_append_seconds_bucket": "journal_append",
+}
+
+
+class _Snapshot(NamedTuple):
+    """Cumulative counters and histogram buckets ({le: count}) at Unix time `t`."""
+
+    t: float
+    counters: dict[str, float]
+    buckets: dict[str, dict[float, float]]
+    in_flight: int
+    mailbox_depth: int
+    active_actors: int
+
+
+def _read_registry(registry: CollectorRegistry) -> tuple[dict[str, float],
+                                                          dict[str, dict[float, float]]]:
+    counters: dict[str, float] = dict.fromkeys(
+        [*_COUNTERS.values(), "completed", "failed", "cancelled", "step_errors", "commands",
+         "command_errors"], 0.0)
+    buckets: dict[str, dict[float, float]] = {name: {} for name in _HISTOGRAMS.values()}
+    for family in registry.collect():
+        for sample in family.samples:
+            _count(sample.name, sample.labels, sample.value, counters, buckets)
+    return counters, buckets
+
+
+def _count(name: str, labels: Mapping[str, str], value: float, counters: dict[str, float],
+           buckets: dict[str, dict[float, float]]) -> None:
+    """Add one registry sample to the snapshot. HTTP numbers count POSTs only: the
+    commands and operator actions, not the dashboard's own polling."""
+    if name in _COUNTERS:
+        counters[_COUNTERS[name]] += value
+        if name == "retinue_steps_total" and labels.get("outcome") == "error":
+            counters["step_errors"] += value
+    elif name == "retinue_workflows_finished_total" and labels.get("outcome") in counters:
+        counters[labels["outcome"]] += value
+    elif name == "retinue_http_requests_total" and labels.get("method") == "POST":
+        counters["commands"] += value
+        if labels.get("status", "").startswith("5"):
+            counters["command_errors"] += value
+    elif name in _HISTOGRAMS and (name != _HTTP_BUCKETS or labels.get("method") == "POST"):
+        histogram = buckets[_HISTOGRAMS[name]]
+        bound = float(labels["le"])
+        histogram[bound] = histogram.get(bound, 0.0) + value
+
+
+def _quantile(q: float, start: Mapping[float, float], end: Mapping[float, float]
+              ) -> float | None:
+    """The q-quantile of the observations between two cumulative bucket readings,
+    interpolated within its bucket (as Prometheus' histogram_quantile does)."""
+    bounds = sorted(end)
+    counts = [end[b] - start.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return round(lower + (bound - lower) * share, 6)
+        lower, below = bound, count
+    return lower
+
+
+def _percentiles(start: Mapping[float, float], end: Mapping[float, float]) -> Percentiles:
+    total = end.get(math.inf, 0.0) - start.get(math.inf, 0.0)
+    return Percentiles(count=int(total), p50=_quantile(0.5, start, end),
+                       p90=_quantile(0.9, start, end), p99=_quantile(0.99, start, end))
+
+
+class _Sampler:
+    """Samples the runtime's registry at most once a second into a ring buffer
+    (15 minutes), for the dashboard's rates, percentiles and charts.
+
+    Requests tick it (the app owns no background task): a quiet server has fewer,
+    longer intervals, and since the samples are cumulative, each interval's rates
+    are exact averages over it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._samples: deque[_Snapshot] = deque(maxlen=_SAMPLES_KEPT)
+        self._last = -math.inf
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= _SAMPLE_EVERY:
+            self._last = now
+            self._samples.append(self._snapshot())
+
+    def _snapshot(self) -> _Snapshot:
+        counters, buckets = _read_registry(self._runtime.metrics.registry)
+        stats = self._runtime.statistics()
+        return _Snapshot(time.time(), counters, buckets, stats.in_flight, stats.mailbox_depth,
+                         stats.active_actors)
+
+    def overview(self, counts: Mapping[str, int], minutes: int) -> OverviewReply:
+        self.tick()
+        cutoff = time.time() - minutes * 60
+        # The stored samples in the window, and one of this instant: the numbers are current.
+        window = [s for s in self._samples if s.t >= cutoff] + [self._snapshot()]
+        first, last = window[0], window[-1]
+        stats = self._runtime.statistics()
+        return OverviewReply(
+            now=datetime.now(UTC),
+            counts={status: counts.get(status, 0) for status in _WORKFLOW_STATUSES},
+            total=sum(counts.values()),
+            runtime=RuntimeNumbers(
+                ready=stats.ready, active_actors=stats.active_actors,
+                mailbox_depth=stats.mailbox_depth, in_flight=stats.in_flight,
+                timers=stats.timers, **{name: int(last.counters[name]) for name in (
+                    "passivations", "actor_restarts", "dead_letters", "replays")},
+            ),
+            window_seconds=round(last.t - first.t, 3),
+            rates=_rates(first, last),
+            latency=Latency(**{name: _percentiles(first.buckets[name], last.buckets[name])
+                               for name in _HISTOGRAMS.values()}),
+            samples=[_sample(a, b) for a, b in _pairs(_thinned(window))],
+        )
+
+
+def _thinned(window: Sequence[_Snapshot]) -> list[_Snapshot]:
+    """At most _MAX_POINTS + 1 snapshots, always the last: cumulative values make
+    the coarser intervals exact."""
+    step = max(1, math.ceil((len(window) - 1) / _MAX_POINTS))
+    return list(window[::-1][::step][::-1])
+
+
+def _pairs(snapshots: Sequence[_Snapshot]) -> Iterable[tuple[_Snapshot, _Snapshot]]:
+    return zip(snapshots, snapshots[1:], strict=False)
+
+
+def _per_second(a: _Snapshot, b: _Snapshot, name: str) -> float:
+    seconds = b.t - a.t
+    return round((b.counters[name] - a.counters[name]) / seconds, 4) if seconds > 0 else 0.0
+
+
+def _fraction(part: float, whole: float) -> float:
+    return round(part / whole, 4) if whole > 0 else 0.0
+
+
+def _rates(a: _Snapshot, b: _Snapshot) -> Rates:
+    def delta(name: str) -> float:
+        return b.counters[name] - a.counters[name]
+
+    finished = delta("completed") + delta("failed") + delta("cancelled")
+    return Rates(
+        **{name: _per_second(a, b, name) for name in (
+            "started", "completed", "failed", "cancelled", "steps", "step_errors", "commands",
+            "command_errors")},
+        workflow_error_rate=_fraction(delta("failed"), finished),
+        step_error_rate=_fraction(delta("step_errors"), delta("steps")),
+    )
+
+
+def _sample(a: _Snapshot, b: _Snapshot) -> Sample:
+    return Sample(
+        t=round(b.t, 3), seconds=round(b.t - a.t, 3),
+        **{name: _per_second(a, b, name) for name in (
+            "started", "completed", "failed", "step_errors", "commands", "command_errors")},
+        command_p50=_quantile(0.5, a.buckets["commands"], b.buckets["commands"]),
+        command_p99=_quantile(0.99, a.buckets["commands"], b.buckets["commands"]),
+        step_p50=_quantile(0.5, a.buckets["steps"], b.buckets["steps"]),
+        step_p99=_quantile(0.99, a.buckets["steps"], b.buckets["steps"]),
+        in_flight=b.in_flight, mailbox_depth=b.mailbox_depth, active_actors=b.active_actors,
+    )
+
+
 # -- middleware: metrics, errors, auth ----------------------------------------------
 
 
-def _metrics_middleware(metrics: HttpMetrics) -> Middleware:
+def _metrics_middleware(metrics: HttpMetrics, sampler: _Sampler) -> Middleware:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         began = time.perf_counter()
@@ -491,6 +870,7 @@ def _metrics_middleware(metrics: HttpMetrics) -> Middleware:
         route = _route_label(request)
         metrics.requests.labels(request.method, route, str(response.status)).inc()
         metrics.latency.labels(request.method, route).observe(time.perf_counter() - began)
+        sampler.tick()
         return response
 
     return observe
@@ -549,12 +929,15 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
                     f"{request.path}; the server log has the details")
 
 
-def _auth_middleware(api_token: str | None) -> Middleware:
+def _auth_middleware(api_token: str | None, open_routes: frozenset[tuple[str, str]]
+                     ) -> Middleware:
+    """Bearer-token auth on every route but `open_routes` ((method, route) pairs:
+    health, readiness, metrics, and the dashboard's page and files, which hold no data)."""
     expected = api_token.encode() if api_token else None
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or request.path in _OPEN_PATHS:
+        if expected is None or (request.method, _route_label(request)) in open_routes:
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # compare_digest on every attempt, so a wrong scheme costs the same time.
@@ -644,6 +1027,8 @@ class _Api:
         self._metrics = metrics
         self._resolve_timeout = resolve_timeout
         self._index = _load_index()
+        self._assets = _load_assets()
+        self.sampler = _Sampler(runtime)
         self.openapi: bytes = b"{}"
 
     def _require_ready(self) -> None:
@@ -659,10 +1044,13 @@ class _Api:
         email = _valid_email(body.email)
         key = _idempotency_key(request)
         digest = _request_hash("POST /customers/invite", InviteRequest(email=email))
+        # A caller's traceparent makes its span the parent of the workflow's trace.
+        caller = parse_traceparent(request.headers.get("traceparent"))
         self._require_ready()
         workflow_id, created = await self._onboarding.invite(
             self._runtime, InviteCustomer(email=email),
             idempotency_key=None if key is None else f"invite:{key}", request_hash=digest,
+            trace_id=trace_ref(*caller) if caller is not None else None,
         )
         if created:
             self._metrics.accepted.labels("invite").inc()
@@ -753,17 +1141,51 @@ class _Api:
 
     async def list_workflows(self, request: web.Request) -> web.Response:
         query = _workflow_query(request)
+        actor = query.actor
+        if query.customer is not None:
+            if actor is not None:
+                raise ApiError(400, "give `actor` or `customer`, not both", reason="invalid_query")
+            actor = _customer_actor(query.customer)
         try:
-            page = await self._journal.list_workflows(
-                status=query.status, actor_key=query.actor, limit=query.limit,
-                cursor=query.cursor,
-            )
+            if query.since is None and query.until is None:
+                page = await self._journal.list_workflows(
+                    status=query.status, actor_key=actor, name=query.name, limit=query.limit,
+                    cursor=query.cursor,
+                )
+            else:
+                page = await self._created_within(query, actor)
         except ValueError as exc:  # the journal could not read the cursor
             raise ApiError(400, f"cursor {query.cursor!r} is not one this server handed out; "
                            "start again without it - at `$.cursor`") from exc
         return _json(200, WorkflowsReply(
             workflows=[_summary(row) for row in page.workflows], next_cursor=page.next_cursor
         ))
+
+    async def _created_within(self, query: WorkflowQuery, actor: str | None) -> WorkflowPage:
+        """A page of the workflows created in [since, until), filtered here over the
+        journal's pages (newest first), reading at most _SCAN_ROWS rows per request:
+        past that, the page may be short, and next_cursor goes on from where it stopped.
+        Positions follow creation times, so the first row older than `since` ends it."""
+        found: list[WorkflowRow] = []
+        cursor, scanned = query.cursor, 0
+        while scanned < _SCAN_ROWS:
+            page = await self._journal.list_workflows(
+                status=query.status, actor_key=actor, name=query.name, limit=_SCAN_PAGE,
+                cursor=cursor,
+            )
+            for row in page.workflows:
+                scanned += 1
+                if query.since is not None and row.created_at < query.since:
+                    return WorkflowPage(workflows=found)
+                if query.until is None or row.created_at < query.until:
+                    found.append(row)
+                if len(found) > query.limit:
+                    return WorkflowPage(workflows=found[:-1],
+                                        next_cursor=str(found[-2].position))
+            if page.next_cursor is None:
+                return WorkflowPage(workflows=found)
+            cursor = page.next_cursor
+        return WorkflowPage(workflows=found, next_cursor=cursor)
 
     async def get_workflow(self, request: web.Request) -> web.Response:
         workflow_id = _workflow_id(request)
@@ -778,6 +1200,14 @@ class _Api:
             steps=[_step(step) for step in steps],
             children=[_summary(child) for child in children],
         ))
+
+    async def workflow_trace(self, request: web.Request) -> web.Response:
+        workflow_id = _workflow_id(request)
+        spans = await trace_spans(self._journal, workflow_id)
+        if not spans:
+            raise WorkflowNotFoundError(workflow_id)
+        return _json(200, TraceReply(trace_id=spans[0].trace_id, workflow_id=workflow_id,
+                                     spans=spans))
 
     async def retry_workflow(self, request: web.Request) -> web.Response:
         workflow_id = _workflow_id(request)
@@ -814,6 +1244,37 @@ class _Api:
         return _json(202, RedeliverReply(id=letter_id, workflow_id=workflow_id,
                                          status_url=f"/workflows/{workflow_id}"))
 
+    # -- the dashboard's numbers --
+
+    async def overview(self, request: web.Request) -> web.Response:
+        query = _query(request, OverviewQuery, "minutes (1 to 15)")
+        counts = await self._journal.count_workflows_by_status()
+        return _json(200, self.sampler.overview(counts, query.minutes))
+
+    async def list_actors(self, request: web.Request) -> web.Response:
+        query = _query(request, ActorsQuery, "q (part of an actor key) and limit (1 to 1000)")
+        stats = self._runtime.statistics()
+        found = [a for a in self._runtime.actors() if not query.q or query.q in a[0]]
+        found.sort(key=lambda a: (a[2] is None, -a[1], a[0]))  # busy, then deep mailboxes
+        passivated = self._runtime.metrics.registry.get_sample_value("retinue_passivations_total")
+        return _json(200, ActorsReply(
+            active=stats.active_actors, passivated=int(passivated or 0),
+            mailbox_depth=stats.mailbox_depth, in_flight=stats.in_flight,
+            actors=[ActorReply(key=key, mailbox_depth=depth, current_workflow=current)
+                    for key, depth, current in found[:query.limit]],
+            truncated=len(found) > query.limit,
+        ))
+
+    async def actor_events(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        query = _query(request, EventsQuery, "after (an event seq) and limit (1 to 1000)")
+        events = await self._journal.read_events(key, query.after)
+        page = events[:query.limit]
+        return _json(200, EventsReply(
+            actor_key=key, events=[_event(event) for event in page],
+            next_after=page[-1].seq if len(events) > query.limit else None,
+        ))
+
     # -- operations --
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -829,7 +1290,18 @@ class _Api:
         return web.Response(body=self.openapi, content_type="application/json")
 
     async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._index, content_type="text/html")
+        return web.Response(text=self._index, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = self._assets.get(name)
+        if found is None:
+            raise ApiError(404, f"no dashboard file {name[:80]!r}; the dashboard is at GET /")
+        headers = {"ETag": found.etag, **_PAGE_HEADERS}
+        if request.headers.get("If-None-Match") == found.etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=found.body, content_type=found.content_type, charset="utf-8",
+                            headers=headers)
 
     def routes(self) -> list[_Route]:
         bad = ("the body or a value is invalid", ErrorReply)
@@ -864,6 +1336,11 @@ class _Api:
             _Route("GET", "/workflows/{id}", self.get_workflow,
                    "A workflow with its steps and children (tokens redacted)",
                    {200: ("the workflow", WorkflowReply), 404: wf_missing}, id_schema=_ANY_ID),
+            _Route("GET", "/workflows/{id}/trace", self.workflow_trace,
+                   "A workflow's trace: spans of it, its steps, their attempts, and its "
+                   "descendants, with ids derived from the journal",
+                   {200: ("the spans, each workflow's in seq order", TraceReply),
+                    404: wf_missing}, id_schema=_ANY_ID),
             _Route("POST", "/workflows/{id}/retry", self.retry_workflow,
                    "Resume a failed workflow from its failed step",
                    {202: ("retry recorded", ActionReply), 404: wf_missing,
@@ -882,6 +1359,17 @@ class _Api:
                    {202: ("redelivered", RedeliverReply), 400: bad,
                     404: ("unknown or already redelivered", ErrorReply), 503: busy},
                    command="redeliver", id_schema=_INT_ID),
+            _Route("GET", "/api/overview", self.overview,
+                   "Workflows per status, rates, latency percentiles and recent samples",
+                   {200: ("the numbers over the last `minutes`", OverviewReply), 400: bad},
+                   query=OverviewQuery),
+            _Route("GET", "/api/actors", self.list_actors,
+                   "Active actors with their mailbox depth and running workflow; passivations",
+                   {200: ("the actors, busiest first", ActorsReply), 400: bad},
+                   query=ActorsQuery),
+            _Route("GET", "/actors/{key}/events", self.actor_events,
+                   "An actor's event log, oldest first (tokens redacted)",
+                   {200: ("the events", EventsReply), 400: bad}, query=EventsQuery),
             _Route("GET", "/metrics", make_aiohttp_handler(self._runtime.metrics.registry),
                    "Prometheus metrics", {200: ("the exposition", None)}, open=True,
                    content_type="text/plain"),
@@ -891,8 +1379,11 @@ class _Api:
                    {200: ("ready", StatusReply), 503: ("not ready", ErrorReply)}, open=True),
             _Route("GET", "/openapi.json", self.openapi_document, "This document",
                    {200: ("the OpenAPI 3.1 document", None)}),
-            _Route("GET", "/", self.index, "The dashboard",
-                   {200: ("an HTML page", None)}, content_type="text/html"),
+            _Route("GET", "/", self.index, "The dashboard (no data: it asks for the token)",
+                   {200: ("an HTML page", None)}, open=True, content_type="text/html"),
+            _Route("GET", "/assets/{name}", self.asset, "A file of the dashboard",
+                   {200: ("the file", None), 304: ("unchanged (If-None-Match)", None),
+                    404: ("no such file", ErrorReply)}, open=True, content_type="*/*"),
         ]
 
 
@@ -913,7 +1404,7 @@ def _summary(row: WorkflowRow) -> WorkflowSummary:
     return WorkflowSummary(
         id=row.id, name=row.name, actor_key=row.actor_key, status=row.status,
         parent_id=row.parent_id, error=row.error, cancel_requested=row.cancel_requested,
-        idempotency_key=row.idempotency_key, trace_id=row.trace_id,
+        idempotency_key=row.idempotency_key, trace_id=parse_trace_ref(row.trace_id)[0],
         created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -922,7 +1413,7 @@ def _step(step: StepRecord) -> StepReply:
     return StepReply(
         seq=step.seq, name=step.name, kind=step.kind, status=step.status, attempt=step.attempt,
         started_at=step.started_at, finished_at=step.finished_at, fire_at=step.fire_at,
-        output=_redact(step.output), error=step.error,
+        output=_redact(step.output), error=step.error, history=step.history,
     )
 
 
@@ -933,11 +1424,35 @@ def _letter(letter: DeadLetter) -> DeadLetterReply:
     )
 
 
+def _event(event: DomainEvent) -> EventReply:
+    return EventReply(seq=event.seq, type=event.type, payload=_redact(event.payload),
+                      workflow_id=event.workflow_id, created_at=event.created_at)
+
+
 def _load_index() -> str:
     try:
         return (_STATIC / "index.html").read_text(encoding="utf-8")
     except OSError:
         return "<!doctype html><title>Retinue</title><p>See <a href=/openapi.json>the API</a>."
+
+
+class _Asset(NamedTuple):
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def _load_assets() -> dict[str, _Asset]:
+    """The dashboard's files (static/, flat), read once: name -> body, type, ETag."""
+    assets: dict[str, _Asset] = {}
+    paths = sorted(_STATIC.iterdir()) if _STATIC.is_dir() else []
+    for path in paths:
+        content_type = _ASSET_TYPES.get(path.suffix)
+        if content_type is not None and path.is_file():
+            body = path.read_bytes()
+            assets[path.name] = _Asset(body, content_type,
+                                       f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+    return assets
 
 
 # -- the application ----------------------------------------------------------------
@@ -957,12 +1472,13 @@ def create_app(
     api = _Api(runtime, onboarding, metrics, resolve_timeout)
     routes = api.routes()
     commands = {(r.method, r.path): r.command for r in routes if r.command is not None}
+    open_routes = frozenset((r.method, r.path) for r in routes if r.open)
     app = web.Application(
         client_max_size=max_body,
         middlewares=[
-            _metrics_middleware(metrics),
+            _metrics_middleware(metrics, api.sampler),
             _error_middleware(metrics, commands),
-            _auth_middleware(api_token),
+            _auth_middleware(api_token, open_routes),
         ],
     )
     app[_MAX_BODY] = max_body
@@ -1214,6 +1730,12 @@ async def run_server(
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
         onboarding.register(runtime)
+        tracer = otlp_exporter_from_env(journal, os.environ)
+        if tracer is not None:
+            runtime.add_finish_listener(tracer.workflow_finished)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            await tasks.start(tracer.run)
         app = create_app(runtime, onboarding, api_token=config.api_token,
                          resolve_timeout=config.resolve_timeout)
         server = await stack.enter_async_context(open_server(

@@ -40,6 +40,7 @@ __all__ = [
     "otlp_exporter_from_env",
     "parse_trace_ref",
     "parse_traceparent",
+    "to_otel_spans",
     "trace_ref",
     "trace_spans",
     "workflow_spans",

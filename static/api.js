@@ -1,0 +1,76 @@
+// The JSON API under the dashboard. The page itself needs no token; the API may.
+// On a 401 the user is asked once, and the token is kept in sessionStorage (this
+// tab only) and sent as a Bearer header from then on.
+
+import { tokenDialog } from "./dom.js";
+
+const TOKEN_KEY = "retinue.token";
+let asking = null;
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export function hasToken() {
+  return Boolean(sessionStorage.getItem(TOKEN_KEY));
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+async function askForToken(wrong) {
+  // Requests that fail together share one dialog.
+  if (!asking) {
+    asking = tokenDialog(wrong).then((token) => {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    }).finally(() => { asking = null; });
+  }
+  await asking;
+}
+
+function url(path, params) {
+  const target = new URL(path, window.location.origin);
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined && value !== "") {
+      target.searchParams.set(key, value);
+    }
+  }
+  return target;
+}
+
+async function call(method, path, params) {
+  for (;;) {
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(url(path, params), { method, headers });
+    if (response.status === 401) {
+      await askForToken(Boolean(token));
+      continue;
+    }
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      throw new ApiError(response.status, (body && body.error) || response.statusText);
+    }
+    return body;
+  }
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  overview: (minutes) => call("GET", "/api/overview", { minutes }),
+  actors: (params) => call("GET", "/api/actors", params),
+  events: (key, params) => call("GET", `/actors/${enc(key)}/events`, params),
+  workflows: (params) => call("GET", "/workflows", params),
+  workflow: (id) => call("GET", `/workflows/${enc(id)}`),
+  trace: (id) => call("GET", `/workflows/${enc(id)}/trace`),
+  deadLetters: () => call("GET", "/dead-letters"),
+  retry: (id) => call("POST", `/workflows/${enc(id)}/retry`),
+  cancel: (id) => call("POST", `/workflows/${enc(id)}/cancel`),
+  redeliver: (id) => call("POST", `/dead-letters/${enc(id)}/redeliver`),
+};

@@ -1,0 +1,217 @@
+// One workflow: its input and result, its trace as a timeline, each step's output
+// or error on click, and its actor's event log beside it.
+
+import { api } from "./api.js";
+import {
+  absolute, actorLink, card, confirmDialog, copyButton, duration, empty, h, idLink, jsonBlock,
+  pill, relative, toMs, toast, when, workflowHref,
+} from "./dom.js";
+import { renderTimeline, timelineLegend } from "./timeline.js";
+
+const FINISHED = ["completed", "failed", "cancelled"];
+
+function field(label, ...value) {
+  return [h("dt", {}, label), h("dd", {}, ...value)];
+}
+
+function header(wf, actions) {
+  const ended = FINISHED.includes(wf.status);
+  const took = (ended ? toMs(wf.updated_at) : Date.now()) - toMs(wf.created_at);
+  return h("div", { class: "wf-head" },
+    h("div", { class: "crumbs" }, h("a", { href: "#/workflows" }, "Workflows"), " / ",
+      wf.parent_id ? [idLink(wf.parent_id), " / "] : null, h("span", { class: "mono" }, wf.id)),
+    h("div", { class: "wf-title" },
+      h("h1", {}, wf.name), pill(wf.status),
+      wf.cancel_requested && !ended ? h("span", { class: "pill pill-cancelled" }, "cancel requested") : null,
+      h("span", { class: "grow" }), actions),
+    h("dl", { class: "facts" },
+      field("ID", h("span", { class: "mono" }, wf.id), copyButton(wf.id)),
+      field("Actor", actorLink(wf.actor_key)),
+      wf.parent_id ? field("Parent", idLink(wf.parent_id)) : null,
+      field("Trace", h("span", { class: "mono", title: wf.trace_id }, wf.trace_id.slice(0, 16) + "…"),
+        copyButton(wf.trace_id)),
+      field("Created", when(wf.created_at)),
+      field(ended ? "Ended" : "Updated", when(wf.updated_at)),
+      field(ended ? "Took" : "Running for", duration(took)),
+      wf.idempotency_key ? field("Idempotency key", h("span", { class: "mono" }, wf.idempotency_key)) : null),
+    wf.error ? h("div", { class: "callout callout-error" }, h("strong", {}, "Error "), wf.error) : null);
+}
+
+function attemptsTable(history) {
+  return h("table", { class: "table compact" },
+    h("thead", {}, h("tr", {}, ["#", "Started", "Took", "Outcome"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, history.map((entry) => h("tr", { class: entry.error ? "bad" : "" },
+      h("td", {}, String(entry.attempt)),
+      h("td", { title: absolute(entry.started_at) }, absolute(entry.started_at).slice(11)),
+      h("td", {}, duration(toMs(entry.finished_at) - toMs(entry.started_at))),
+      h("td", { class: entry.error ? "error-text" : "ok-text" }, entry.error || "ok")))));
+}
+
+function liveStatus(span) {
+  if (span.finished_at || span.kind === "workflow") return span.status;
+  if (span.kind === "wait" || span.kind === "sleep") return "waiting";
+  return span.status === "started" ? "running" : span.status;
+}
+
+function spanDetails(span, detail) {
+  if (!span) return empty("Click a row of the timeline to see its output, error and attempts.");
+  const step = detail && span.seq ? detail.steps.find((st) => st.seq === span.seq) : null;
+  const end = span.finished_at ? toMs(span.finished_at) : Date.now();
+  const out = [
+    h("div", { class: "detail-title" }, h("strong", {}, span.name), " ", pill(liveStatus(span))),
+    h("dl", { class: "facts" },
+      field("Workflow", idLink(span.workflow_id), ` ${span.workflow_name}`),
+      span.seq ? field("Step", `#${span.seq} · ${span.kind}`) : null,
+      span.seq && span.kind === "step" ? field("Idempotency key",
+        h("span", { class: "mono" }, `${span.workflow_id}:${span.seq}`)) : null,
+      field("Started", absolute(span.started_at)),
+      field("Finished", span.finished_at ? absolute(span.finished_at) : "–"),
+      field("Duration", span.finished_at ? duration(end - toMs(span.started_at))
+        : `${duration(end - toMs(span.started_at))} so far`),
+      span.fire_at ? field("Timer", `${absolute(span.fire_at)} (${relative(span.fire_at)})`) : null,
+      span.kind === "wait" && span.finished_at ? field("Woken by", span.timed_out ? "the timer" : "a signal") : null,
+      span.attempt > 1 ? field("Attempts", String(span.attempt)) : null,
+      field("Span", h("span", { class: "mono" }, span.span_id))),
+  ];
+  if (span.child_workflow_id) {
+    out.push(h("p", {}, h("a", { class: "btn", href: workflowHref(span.child_workflow_id) },
+      "Open child workflow →")));
+  }
+  if (span.kind === "workflow" && detail) {
+    out.push(h("h3", {}, "Input"), jsonBlock(detail.input));
+    if (detail.result !== null) out.push(h("h3", {}, "Result"), jsonBlock(detail.result));
+  }
+  if (step && Array.isArray(step.history) && step.history.length) {
+    out.push(h("h3", {}, "Attempts"), attemptsTable(step.history));
+  }
+  if (span.error) {
+    const recovered = span.status === "completed";
+    out.push(h("h3", {}, recovered ? "Last error (a later attempt succeeded)" : "Error"),
+      h("pre", { class: `error-block${recovered ? " recovered" : ""}` }, span.error));
+  }
+  if (step && step.output !== null && span.kind !== "workflow") {
+    out.push(h("h3", {}, "Output"), jsonBlock(step.output));
+  }
+  return h("div", { class: "span-detail", "data-span": span.span_id }, out);
+}
+
+function eventLog(events, ids, open) {
+  if (!events.length) return empty("No events yet.");
+  return h("ol", { class: "events" }, events.map((event) => {
+    const mine = ids.has(event.workflow_id);
+    const item = h("li", { class: `event${mine ? " mine" : ""}${open.has(event.seq) ? " open" : ""}` },
+      h("div", { class: "event-line" },
+        h("span", { class: "seq" }, String(event.seq)),
+        h("span", { class: "event-type" }, event.type),
+        event.workflow_id ? idLink(event.workflow_id) : null,
+        h("span", { class: "grow" }), h("span", { class: "muted small" }, relative(event.created_at))),
+      open.has(event.seq) ? jsonBlock(event.payload) : null);
+    item.addEventListener("click", (e) => {
+      if (e.target.closest("a")) return;
+      if (open.has(event.seq)) open.delete(event.seq); else open.add(event.seq);
+      item.replaceWith(eventLog([event], ids, open).firstChild);
+    });
+    return item;
+  }));
+}
+
+function childrenTable(children) {
+  if (!children.length) return empty("No children.");
+  return h("table", { class: "table compact" }, h("tbody", {}, children.map((child) => h("tr", {},
+    h("td", {}, pill(child.status)), h("td", {}, idLink(child.id)), h("td", {}, child.name),
+    h("td", { class: "right" }, when(child.updated_at))))));
+}
+
+export function workflowView(root, params, id) {
+  const state = { selected: null, fold: true, detail: null, spans: [], details: new Map(), open: new Set() };
+  const head = h("div");
+  const timelineBox = h("div", { class: "timeline-box" });
+  const detailBox = h("div");
+  const side = h("div", { class: "side" });
+  const foldToggle = h("label", { class: "toggle" },
+    h("input", { type: "checkbox", checked: true, onchange: (e) => { state.fold = e.target.checked; drawTimeline(); } }),
+    " fold idle time");
+  root.replaceChildren(head, h("div", { class: "wf-grid" },
+    h("div", { class: "main-col" },
+      card(h("span", { class: "card-title-row" }, "Timeline", h("span", { class: "grow" }), foldToggle),
+        timelineLegend(), timelineBox),
+      card("Step", detailBox)),
+    side));
+
+  function drawTimeline() {
+    if (!state.spans.length) return;
+    const width = Math.max(520, timelineBox.clientWidth);
+    timelineBox.replaceChildren(renderTimeline(state.spans, id, {
+      width, now: Date.now(), selected: state.selected, fold: state.fold,
+      onSelect: (span) => { state.selected = span.span_id; drawTimeline(); drawDetail(); },
+    }));
+  }
+
+  async function drawDetail() {
+    const span = state.spans.find((sp) => sp.span_id === state.selected) || null;
+    let detail = state.detail;
+    if (span && span.workflow_id !== id) {
+      detail = state.details.get(span.workflow_id) || null;
+      if (!detail) {
+        detail = await api.workflow(span.workflow_id);
+        state.details.set(span.workflow_id, detail);
+      }
+    }
+    detailBox.replaceChildren(spanDetails(span, detail));
+  }
+
+  async function act(kind) {
+    const retry = kind === "retry";
+    const ok = await confirmDialog({
+      title: retry ? "Retry this workflow?" : "Cancel this workflow?",
+      message: retry
+        ? `Workflow ${id} resumes from its failed step. Steps that completed are not run again.`
+        : `Workflow ${id} and its unfinished children stop at their next step. This cannot be undone.`,
+      confirm: retry ? "Retry" : "Cancel workflow", danger: !retry,
+    });
+    if (!ok) return;
+    try {
+      await (retry ? api.retry(id) : api.cancel(id));
+      toast(retry ? "Retry recorded" : "Cancel recorded");
+    } catch (error) {
+      toast(error.message, "error");
+    }
+    state.details.clear();
+    await view.refresh();
+  }
+
+  function actions(wf) {
+    return h("div", { class: "actions" },
+      wf.status === "failed" ? h("button", { class: "btn btn-primary", type: "button",
+        "data-action": "retry", onclick: () => act("retry") }, "Retry") : null,
+      FINISHED.includes(wf.status) ? null : h("button", { class: "btn btn-danger-outline",
+        type: "button", "data-action": "cancel", onclick: () => act("cancel") }, "Cancel"));
+  }
+
+  const resize = new ResizeObserver(() => drawTimeline());
+  resize.observe(timelineBox);
+
+  const view = {
+    interval: 2500,
+    unmount() { resize.disconnect(); },
+    async refresh() {
+      const [detail, trace] = await Promise.all([api.workflow(id), api.trace(id)]);
+      const events = await api.events(detail.actor_key, { limit: 500 });
+      state.detail = detail;
+      state.spans = trace.spans;
+      state.details.clear();
+      const ids = new Set(trace.spans.map((span) => span.workflow_id));
+      head.replaceChildren(header(detail, actions(detail)));
+      drawTimeline();
+      await drawDetail();
+      side.replaceChildren(
+        card("Input", jsonBlock(detail.input)),
+        card("Result", detail.result === null ? empty(FINISHED.includes(detail.status)
+          ? "No result." : "Not finished yet.") : jsonBlock(detail.result)),
+        card(`Children (${detail.children.length})`, childrenTable(detail.children)),
+        card(h("span", {}, "Event log ", h("span", { class: "muted small" }, "of "),
+          actorLink(detail.actor_key)), eventLog(events.events, ids, state.open)));
+    },
+  };
+  return view;
+}
