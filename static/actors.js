@@ -41,12 +41,14 @@ export function actorsView(root) {
       body.replaceChildren(h("table", { class: "table", id: "actor-table" },
         h("thead", {}, h("tr", {}, ["Actor", "Mailbox", "Doing"].map((t) => h("th", {}, t)))),
         h("tbody", {}, data.actors.map((actor) => h("tr", {},
-          h("td", {}, actorLink(actor.key)),
+          h("td", {}, actorLink(actor.key, { full: true })),
           h("td", {}, depthBar(actor.mailbox_depth, most)),
           h("td", {}, actor.current_workflow
             ? [h("span", { class: "pill pill-running" }, "running"), " ", idLink(actor.current_workflow)]
-            : h("span", { class: "muted" }, "idle")))))),
-      data.truncated ? h("div", { class: "card-foot" }, "More actors match; narrow the filter.") : null);
+            : h("span", { class: "muted" }, "idle")))))));
+      if (data.truncated) {
+        body.append(h("div", { class: "card-foot" }, "More actors match; narrow the filter."));
+      }
     },
   };
   return view;

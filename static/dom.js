@@ -120,11 +120,11 @@ export function idLink(id, { full = false } = {}) {
 }
 
 /** An actor key, customers shown as "customer 8c888861…". */
-export function actorLink(key) {
+export function actorLink(key, { full = false } = {}) {
   const [kind, ...rest] = key.split(":");
   const id = rest.join(":");
   return h("a", { href: actorHref(key), class: "mono id", title: key },
-    id ? `${kind}:${shortId(id)}` : key);
+    id && !full ? `${kind}:${shortId(id)}` : key);
 }
 
 export const STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"];
