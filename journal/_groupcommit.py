@@ -2,11 +2,13 @@
 
 Whoever appends while fewer than `max_writers` groups are being written becomes
 a writer: it takes up to `max_batch` pending batches (its own among them, or
-others' queued before it) and writes them in ONE transaction and one commit.
-Everyone else waits for the group holding their batch. Nobody proceeds past a
-record before the commit that holds it. If a group fails for any reason
-but an unreachable database (a unique key, a stale lease, a bug), each batch of
-the group is written again alone, so only the batches that caused it fail.
+others' queued before it) and writes them in ONE statement and one commit.
+Everyone else sleeps on their own slot. A writer that finishes wakes the slots it
+wrote, and the oldest slot still pending, whose owner becomes the next writer:
+one wake-up per waiter, never the whole queue. Nobody proceeds past a record
+before the commit that holds it. If a group fails for any reason but an
+unreachable database (a unique key, a stale lease, a bug), each batch of the
+group is written again alone, so only the batches that caused it fail.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ _WRITE_TIMEOUT: Final = 30.0
 
 
 class _Slot:
-    __slots__ = ("batch", "done", "error")
+    __slots__ = ("batch", "done", "error", "taken", "wake")
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
         self.done = False
+        self.taken = False
         self.error: BaseException | None = None
+        self.wake = anyio.Event()
 
 
 class GroupStatistics:
@@ -55,15 +59,12 @@ class GroupCommitter:
         *,
         max_batch: int = 512,
         max_writers: int = 2,
-        linger: float = 0.0,
     ) -> None:
         self._write_group = write_group
         self._max_batch = max_batch
         self._max_writers = max_writers
-        self._linger = linger
         self._pending: collections.deque[_Slot] = collections.deque()
         self._writers = 0
-        self._group_written = anyio.Event()
         self.statistics = GroupStatistics()
 
     async def append(self, batch: Batch) -> None:
@@ -71,29 +72,36 @@ class GroupCommitter:
         Cancellable while waiting; a cancelled batch may still be written (whole)."""
         slot = _Slot(batch)
         self._pending.append(slot)
-        while not slot.done:
-            # Our batch may already sit in a group being written: then just wait.
-            if self._pending and self._writers < self._max_writers:
-                await self._write_next_group()
-            else:
-                await self._group_written.wait()
+        try:
+            while not slot.done:
+                if not slot.taken and self._writers < self._max_writers:
+                    await self._write_next_group()
+                else:
+                    await slot.wake.wait()
+                    slot.wake = anyio.Event()
+        finally:
+            if not slot.done:
+                self._wake_next_writer()  # we may have been woken to write: pass it on
         if slot.error is not None:
             raise slot.error
 
     async def _write_next_group(self) -> None:
         self._writers += 1
         try:
-            if self._linger > 0 and len(self._pending) < self._max_batch:
-                await anyio.sleep(self._linger)
-            group = [self._pending.popleft()
-                     for _ in range(min(self._max_batch, len(self._pending)))]
-            if group:
-                with anyio.CancelScope(shield=True), anyio.fail_after(_WRITE_TIMEOUT):
-                    await self._write(group)
+            group = []
+            while self._pending and len(group) < self._max_batch:
+                slot = self._pending.popleft()
+                slot.taken = True
+                group.append(slot)
+            with anyio.CancelScope(shield=True), anyio.fail_after(_WRITE_TIMEOUT):
+                await self._write(group)
         finally:
             self._writers -= 1
-            written, self._group_written = self._group_written, anyio.Event()
-            written.set()
+            self._wake_next_writer()
+
+    def _wake_next_writer(self) -> None:
+        if self._pending and self._writers < self._max_writers:
+            self._pending[0].wake.set()
 
     async def _write(self, group: list[_Slot]) -> None:
         stats = self.statistics
@@ -119,3 +127,4 @@ class GroupCommitter:
         for slot in group:
             slot.done = True
             slot.error = error
+            slot.wake.set()

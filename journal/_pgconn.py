@@ -69,8 +69,16 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> Pool:
     Raises JournalUnavailableError if the server cannot be reached."""
     with translated():
         return await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            reset=_keep_session,
         )
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Released connections skip asyncpg's reset query (UNLISTEN *, RESET ALL,
+    advisory unlock): the journal sets no session state and takes only
+    transaction-scoped locks, and the query cost a round trip per release. asyncpg
+    still rolls back an open transaction (a cancelled call) before this runs."""
 
 
 # SQLSTATEs raised by retinue_append (migration 2); asyncpg has no class for them.
