@@ -67,6 +67,7 @@ from actors import (
     customer_actor_key,
     customer_id_for,
     normalize_email,
+    rebuild_projections,
     verify_event_key,
 )
 from journal import (
@@ -1828,10 +1829,22 @@ async def _run_until_signalled(config: ServerConfig) -> None:
         tg.cancel_scope.cancel()
 
 
+async def _rebuild_projections(config: ServerConfig) -> None:
+    async with open_journal(config.database_url, config.data_dir) as journal:
+        counts = await rebuild_projections(journal)
+    print("rebuilt from the event log: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python server.py`: 0 after a clean shutdown, 1 if it could not start, 2 on
-    bad usage."""
-    config = parse_config(argv)
+    bad usage. `python server.py rebuild-projections [--data-dir D]` (also
+    `retinue rebuild-projections`) rebuilds every projection from the event log."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    rebuild = args[:1] == ["rebuild-projections"]
+    config = parse_config(args[1:] if rebuild else args)
+    if rebuild:
+        anyio.run(_rebuild_projections, config)
+        return 0
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The wheel narrates every start at INFO; its warnings and errors still show.
@@ -1846,5 +1859,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `retinue` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -88,7 +88,7 @@ class GroupCommitter:
     async def _write_next_group(self) -> None:
         self._writers += 1
         try:
-            group = []
+            group: list[_Slot] = []
             while self._pending and len(group) < self._max_batch:
                 slot = self._pending.popleft()
                 slot.taken = True
