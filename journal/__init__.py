@@ -3,7 +3,7 @@
 `journal` knows nothing of actors or workflows' code; it stores rows.
 """
 
-from .base import Journal, WaitingStep
+from .base import ClusterView, Journal, PartitionLease, WaitingStep
 from .embedded import EmbeddedPostgres
 from .errors import (
     EmbeddedPostgresError,
@@ -36,6 +36,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "PARTITION_COUNT",
     "Batch",
+    "ClusterView",
     "DeadLetter",
     "Document",
     "DomainEvent",
@@ -49,6 +50,7 @@ __all__ = [
     "JournalUnavailableError",
     "MemoryJournal",
     "NewWorkflow",
+    "PartitionLease",
     "PostgresJournal",
     "Signal",
     "StatusChange",

@@ -8,8 +8,11 @@ read or an operator action. The same contract tests run against both journals.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
 
 from .records import (
     Batch,
@@ -23,7 +26,7 @@ from .records import (
     WorkflowRow,
 )
 
-__all__ = ["Journal", "WaitingStep"]
+__all__ = ["ClusterView", "Journal", "PartitionLease", "WaitingStep"]
 
 import msgspec
 
@@ -35,6 +38,24 @@ class WaitingStep(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     actor_key: str
     fire_at: Any  # datetime
+
+
+class PartitionLease(msgspec.Struct, frozen=True, kw_only=True):
+    """One partition's lease row: its owner ("" when free), its epoch (the fencing
+    token, bumped on every change of owner), and whether the lease has run out on
+    the journal's clock."""
+
+    partition: int
+    owner: str
+    epoch: int
+    expired: bool
+
+
+class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node sees at one heartbeat: the live nodes (sorted) and every lease."""
+
+    live_nodes: tuple[str, ...]
+    leases: tuple[PartitionLease, ...]
 
 
 class Journal(abc.ABC):
@@ -50,6 +71,69 @@ class Journal(abc.ABC):
     async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
         """Take ownership of `partitions` for `node_id`, bumping each epoch; return
         {partition: new epoch}. Appends under an older epoch fail with FencedError."""
+
+    # -- scale-out: nodes, partition leases, wake-ups ------------------------
+    #
+    # A node is live while its heartbeat lease runs (`heartbeat`, every second or
+    # so) and it is attached (`serve_node` runs: with PostgreSQL, a session that
+    # holds an advisory lock, so a killed process is seen at once) or was heard
+    # from within `stale_after` seconds (so a session being re-established is not
+    # taken for a death). Leases live on the journal's clock, never the node's.
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
+        """Keep `node_id` live for `ttl` more seconds; return the live nodes and
+        every partition's lease, as of now."""
+
+    @abc.abstractmethod
+    async def leave(self, node_id: str) -> None:
+        """Forget `node_id` (a graceful shutdown): it is no longer live."""
+
+    @abc.abstractmethod
+    async def acquire_leases(
+        self, node_id: str, partitions: Collection[int], ttl: float, *, stale_after: float
+    ) -> dict[int, int]:
+        """Take every partition of `partitions` that is free, expired, already
+        `node_id`'s, or held by a node that is not live, for `ttl` seconds; bump
+        each one's epoch. Return {partition: new epoch} of those taken."""
+
+    @abc.abstractmethod
+    async def renew_leases(
+        self, node_id: str, held: Mapping[int, int], ttl: float
+    ) -> dict[int, int]:
+        """Extend by `ttl` seconds the leases `node_id` still holds at the epochs in
+        `held` ({partition: epoch}); return those. A partition missing from the
+        answer was lost: another node took it, and appends at that epoch fail."""
+
+    @abc.abstractmethod
+    async def release_leases(self, node_id: str, held: Mapping[int, int]) -> None:
+        """Give up the leases `node_id` holds at the epochs in `held`: they are free
+        at once for another node to acquire (with a new epoch)."""
+
+    @abc.abstractmethod
+    async def serve_node(
+        self,
+        node_id: str,
+        on_wake: Callable[[str], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Attach `node_id` until cancelled, calling `on_wake(payload)` for every
+        `wake` payload sent by any node (LISTEN/NOTIFY with PostgreSQL). Started
+        once attached; a lost session is re-established in the background."""
+
+    @abc.abstractmethod
+    async def wake(self, payloads: Sequence[str]) -> None:
+        """Send each payload to every attached node (at most once, best effort)."""
+
+    @abc.abstractmethod
+    async def runnable_workflows(
+        self, partitions: Collection[int], signals_after: int
+    ) -> tuple[list[WorkflowRow], int]:
+        """Unfinished workflows of `partitions` that may have work a lost wake-up
+        did not announce: pending ones, cancel-requested ones, and those with an
+        unconsumed signal newer than `signals_after`; and the newest signal id
+        (pass it as `signals_after` next time). Oldest first."""
 
     # -- the write path ---------------------------------------------------
 
@@ -92,16 +176,20 @@ class Journal(abc.ABC):
     async def children(self, workflow_id: str) -> list[WorkflowRow]: ...
 
     @abc.abstractmethod
-    async def unfinished_workflows(self) -> list[WorkflowRow]:
-        """Every workflow whose status is not finished, oldest first."""
+    async def unfinished_workflows(
+        self, partitions: Collection[int] | None = None
+    ) -> list[WorkflowRow]:
+        """Every workflow whose status is not finished (of `partitions` when
+        given), oldest first."""
 
     @abc.abstractmethod
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:
         """The workflow's step records, by seq."""
 
     @abc.abstractmethod
-    async def waiting_steps(self) -> list[WaitingStep]:
-        """Every durable timer not yet fired (wait steps started with a fire_at)."""
+    async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
+        """Every durable timer not yet fired (wait steps started with a fire_at),
+        of the workflows of `partitions` when given."""
 
     @abc.abstractmethod
     async def request_cancel(self, workflow_id: str) -> list[str]:

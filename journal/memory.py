@@ -8,14 +8,16 @@ transaction would.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 
-from .base import Journal, WaitingStep
+from .base import ClusterView, Journal, PartitionLease, WaitingStep
 from .errors import FencedError, IntegrityError, InvalidTransitionError, WorkflowNotFoundError
 from .records import (
     FINISHED_STATUSES,
@@ -38,12 +40,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryJournal(Journal):
-    """A journal that lives in memory; everything is lost with the process."""
+class _Lease(NamedTuple):
+    owner: str
+    epoch: int
+    expires_at: float | None  # on the journal's clock; None: never leased
 
-    def __init__(self) -> None:
+
+class _Node(NamedTuple):
+    heartbeat_at: float
+    expires_at: float
+
+
+class MemoryJournal(Journal):
+    """A journal that lives in memory; everything is lost with the process.
+
+    `clock` (seconds, default time.time) stands for the database clock of leases
+    and node heartbeats. Several Runtimes in one process may share one instance:
+    it is their PostgreSQL, wake-ups included.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._lock = anyio.Lock()
-        self._leases: dict[int, tuple[str, int]] = {p: ("", 0) for p in range(PARTITION_COUNT)}
+        self._clock = clock
+        self._leases = {p: _Lease("", 0, None) for p in range(PARTITION_COUNT)}
+        self._nodes: dict[str, _Node] = {}
+        self._attached: dict[str, list[Callable[[str], None]]] = {}
         self._workflows: dict[str, WorkflowRow] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._positions = itertools.count(1)
@@ -60,10 +81,112 @@ class MemoryJournal(Journal):
         async with self._lock:
             claimed = {}
             for partition in partitions:
-                _, epoch = self._leases[partition]
-                self._leases[partition] = (node_id, epoch + 1)
-                claimed[partition] = epoch + 1
+                epoch = self._leases[partition].epoch + 1
+                self._leases[partition] = _Lease(node_id, epoch, None)
+                claimed[partition] = epoch
             return claimed
+
+    # -- scale-out: nodes, partition leases, wake-ups ------------------------
+
+    async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
+        async with self._lock:
+            now = self._clock()
+            self._nodes[node_id] = _Node(now, now + ttl)
+            leases = tuple(
+                PartitionLease(partition=p, owner=lease.owner, epoch=lease.epoch,
+                               expired=self._expired(lease, now))
+                for p, lease in sorted(self._leases.items())
+            )
+            return ClusterView(live_nodes=tuple(sorted(self._live(now, stale_after))),
+                               leases=leases)
+
+    def _live(self, now: float, stale_after: float) -> set[str]:
+        return {
+            node_id for node_id, node in self._nodes.items()
+            if node.expires_at > now
+            and (node_id in self._attached or node.heartbeat_at > now - stale_after)
+        }
+
+    @staticmethod
+    def _expired(lease: _Lease, now: float) -> bool:
+        return lease.expires_at is None or lease.expires_at <= now
+
+    async def leave(self, node_id: str) -> None:
+        async with self._lock:
+            self._nodes.pop(node_id, None)
+
+    async def acquire_leases(
+        self, node_id: str, partitions: Collection[int], ttl: float, *, stale_after: float
+    ) -> dict[int, int]:
+        async with self._lock:
+            now = self._clock()
+            live = self._live(now, stale_after)
+            taken = {}
+            for partition in sorted(set(partitions)):
+                lease = self._leases[partition]
+                if lease.owner in ("", node_id) or self._expired(lease, now) \
+                        or lease.owner not in live:
+                    self._leases[partition] = _Lease(node_id, lease.epoch + 1, now + ttl)
+                    taken[partition] = lease.epoch + 1
+            return taken
+
+    def _held(self, node_id: str, held: Mapping[int, int]) -> list[int]:
+        return sorted(p for p, epoch in held.items()
+                      if self._leases[p].owner == node_id and self._leases[p].epoch == epoch)
+
+    async def renew_leases(
+        self, node_id: str, held: Mapping[int, int], ttl: float
+    ) -> dict[int, int]:
+        async with self._lock:
+            expires_at = self._clock() + ttl
+            renewed = {}
+            for partition in self._held(node_id, held):
+                self._leases[partition] = self._leases[partition]._replace(expires_at=expires_at)
+                renewed[partition] = self._leases[partition].epoch
+            return renewed
+
+    async def release_leases(self, node_id: str, held: Mapping[int, int]) -> None:
+        async with self._lock:
+            now = self._clock()
+            for partition in self._held(node_id, held):
+                self._leases[partition] = _Lease("", self._leases[partition].epoch, now)
+
+    async def serve_node(
+        self,
+        node_id: str,
+        on_wake: Callable[[str], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        callbacks = self._attached.setdefault(node_id, [])
+        callbacks.append(on_wake)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            callbacks.remove(on_wake)
+            if not callbacks:
+                del self._attached[node_id]
+
+    async def wake(self, payloads: Sequence[str]) -> None:
+        for callbacks in list(self._attached.values()):
+            for on_wake in list(callbacks):
+                for payload in payloads:
+                    on_wake(payload)
+
+    async def runnable_workflows(
+        self, partitions: Collection[int], signals_after: int
+    ) -> tuple[list[WorkflowRow], int]:
+        wanted = set(partitions)
+        newest = max(self._signals, default=0)
+        signalled = {s.workflow_id for s in self._signals.values()
+                     if not s.consumed and signals_after < s.id}
+        found = [
+            r for r in self._workflows.values()
+            if r.partition in wanted and r.status not in FINISHED_STATUSES
+            and (r.status == "pending" or r.cancel_requested or r.id in signalled)
+        ]
+        return sorted(found, key=lambda r: r.position), newest
 
     # -- the write path ---------------------------------------------------
 
@@ -74,7 +197,7 @@ class MemoryJournal(Journal):
             self._apply(batch)
 
     def _check_lease(self, partition: int, epoch: int | None) -> None:
-        if epoch is not None and self._leases[partition][1] != epoch:
+        if epoch is not None and self._leases[partition].epoch != epoch:
             raise FencedError(partition, epoch)
 
     def _check_integrity(self, batch: Batch) -> None:
@@ -222,20 +345,27 @@ class MemoryJournal(Journal):
         found = [r for r in self._workflows.values() if r.parent_id == workflow_id]
         return sorted(found, key=lambda r: r.position)
 
-    async def unfinished_workflows(self) -> list[WorkflowRow]:
-        found = [r for r in self._workflows.values() if r.status not in FINISHED_STATUSES]
+    async def unfinished_workflows(
+        self, partitions: Collection[int] | None = None
+    ) -> list[WorkflowRow]:
+        wanted = None if partitions is None else set(partitions)
+        found = [r for r in self._workflows.values() if r.status not in FINISHED_STATUSES
+                 and (wanted is None or r.partition in wanted)]
         return sorted(found, key=lambda r: r.position)
 
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:
         steps = self._steps.get(workflow_id, {})
         return [steps[seq] for seq in sorted(steps)]
 
-    async def waiting_steps(self) -> list[WaitingStep]:
+    async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
+        wanted = None if partitions is None else set(partitions)
         waiting = []
         for workflow_id, steps in self._steps.items():
+            row = self._workflows[workflow_id]
+            if wanted is not None and row.partition not in wanted:
+                continue
             for step in steps.values():
                 if step.kind == "wait" and step.status == "started" and step.fire_at is not None:
-                    row = self._workflows[workflow_id]
                     waiting.append(
                         WaitingStep(
                             workflow_id=workflow_id,

@@ -8,19 +8,21 @@ The write path lives in `_pgwrite`, ready for a group-commit writer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import anyio
 import asyncpg
+from anyio.abc import TaskStatus
 
 from ._groupcommit import GroupCommitter
 from ._pgconn import Conn, Pool, boundary, create_pool, translated
 from ._pgwrite import UPSERT_DOCUMENT, append_batches, document_args, workflow_args
-from .base import Journal, WaitingStep
+from .base import ClusterView, Journal, PartitionLease, WaitingStep
 from .embedded import EmbeddedPostgres
-from .errors import InvalidTransitionError, WorkflowNotFoundError
+from .errors import InvalidTransitionError, JournalUnavailableError, WorkflowNotFoundError
 from .migrations import migrate
 from .records import (
     FINISHED_STATUSES,
@@ -36,6 +38,8 @@ from .records import (
 )
 
 __all__ = ["PostgresJournal", "open_journal"]
+
+_log = logging.getLogger("retinue.journal")
 
 _R = TypeVar("_R")
 
@@ -99,15 +103,116 @@ _CHILDREN: Final = (
     "SELECT" + _WORKFLOW_COLUMNS + "FROM workflows WHERE parent_id = $1 ORDER BY position"
 )
 _UNFINISHED_WORKFLOWS: Final = (
-    "SELECT" + _WORKFLOW_COLUMNS + "FROM workflows WHERE " + _UNFINISHED + " ORDER BY position"
+    "SELECT"
+    + _WORKFLOW_COLUMNS
+    + "FROM workflows WHERE "
+    + _UNFINISHED
+    + " AND ($1::integer[] IS NULL OR partition = ANY($1)) ORDER BY position"
 )
 _LOAD_STEPS: Final = "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = $1 ORDER BY seq"
 _WAITING_STEPS: Final = """
 SELECT s.workflow_id, s.seq, w.actor_key, s.fire_at
 FROM steps s JOIN workflows w ON w.id = s.workflow_id
 WHERE s.kind = 'wait' AND s.status = 'started' AND s.fire_at IS NOT NULL
+  AND ($1::integer[] IS NULL OR w.partition = ANY($1))
 ORDER BY s.fire_at, s.workflow_id, s.seq
 """
+# Pending, cancel-requested, or signalled since $2: what a lost wake-up would hide.
+_RUNNABLE_WORKFLOWS: Final = (
+    "SELECT"
+    + _WORKFLOW_COLUMNS
+    + "FROM workflows w WHERE w."
+    + _UNFINISHED
+    + """ AND w.partition = ANY($1::integer[])
+  AND (w.status = 'pending' OR w.cancel_requested
+       OR EXISTS (SELECT 1 FROM signals s
+                  WHERE s.workflow_id = w.id AND NOT s.consumed AND s.id > $2))
+ORDER BY w.position"""
+)
+_NEWEST_SIGNAL: Final = "SELECT coalesce(max(id), 0) FROM signals"
+
+# -- scale-out: nodes and leases (migration 3) --------------------------------------
+
+# The advisory lock (classid) an attached node's session holds, with its session_key.
+_SESSION_LOCK: Final = 24177
+_WAKE_CHANNEL: Final = "retinue_wake"
+
+_NEXT_SESSION_KEY: Final = "SELECT nextval('retinue_node_sessions')::integer"
+_LOCK_SESSION: Final = "SELECT pg_advisory_lock($1, $2)"
+_UNLOCK_SESSION: Final = "SELECT pg_advisory_unlock($1, $2)"
+_ATTACH_NODE: Final = """
+INSERT INTO nodes (node_id, session_key) VALUES ($1, $2)
+ON CONFLICT (node_id) DO UPDATE SET session_key = excluded.session_key
+"""
+_PING: Final = "SELECT 1"
+_HEARTBEAT: Final = """
+INSERT INTO nodes (node_id, heartbeat_at, expires_at)
+VALUES ($1, now(), now() + make_interval(secs => $2))
+ON CONFLICT (node_id) DO UPDATE SET
+    heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at
+"""
+# Live: the heartbeat lease runs, and the session holds its lock (attached) or the
+# last heartbeat is recent ($1 seconds).
+_LIVE_NODES: Final = f"""
+SELECT n.node_id FROM nodes n
+WHERE n.expires_at > now()
+  AND (n.heartbeat_at > now() - make_interval(secs => $1)
+       OR EXISTS (
+           SELECT 1 FROM pg_locks l
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND l.classid = {_SESSION_LOCK} AND l.objid = n.session_key::oid))
+"""
+_LEASES: Final = """
+SELECT partition, owner, epoch, coalesce(lease_expires_at <= now(), true) AS expired
+FROM partitions ORDER BY partition
+"""
+_LEAVE: Final = "DELETE FROM nodes WHERE node_id = $1"
+# Rows are locked in partition order, as retinue_append locks them (FOR SHARE):
+# never a deadlock. A partition being appended to right now is skipped: its
+# owner is alive and writing; the next heartbeat tries again.
+_ACQUIRE_LEASES: Final = (
+    "WITH live AS ("
+    + _LIVE_NODES.replace("$1", "$4")
+    + """),
+takeable AS (
+    SELECT p.partition FROM partitions p
+    WHERE p.partition = ANY($2::integer[])
+      AND (p.owner = '' OR p.owner = $1 OR p.lease_expires_at IS NULL
+           OR p.lease_expires_at <= now() OR p.owner NOT IN (SELECT node_id FROM live))
+    ORDER BY p.partition
+    FOR UPDATE OF p SKIP LOCKED
+)
+UPDATE partitions p
+SET owner = $1, epoch = p.epoch + 1, lease_expires_at = now() + make_interval(secs => $3)
+FROM takeable WHERE p.partition = takeable.partition
+RETURNING p.partition, p.epoch
+"""
+)
+_HELD: Final = """
+WITH held AS (
+    SELECT p.partition FROM partitions p
+    JOIN unnest($2::integer[], $3::bigint[]) AS h(partition, epoch)
+        ON h.partition = p.partition AND h.epoch = p.epoch
+    WHERE p.owner = $1
+    ORDER BY p.partition
+    FOR UPDATE OF p
+)
+"""
+_RENEW_LEASES: Final = (
+    _HELD
+    + """UPDATE partitions p SET lease_expires_at = now() + make_interval(secs => $4)
+FROM held WHERE p.partition = held.partition
+RETURNING p.partition, p.epoch"""
+)
+_RELEASE_LEASES: Final = (
+    _HELD
+    + """UPDATE partitions p SET owner = '', lease_expires_at = now()
+FROM held WHERE p.partition = held.partition"""
+)
+_WAKE: Final = f"SELECT pg_notify('{_WAKE_CHANNEL}', payload) FROM unnest($1::text[]) AS payload"
+# A lost session is tried again after this long (seconds, doubling up to the cap).
+_REATTACH_BACKOFF: Final = (0.1, 2.0)
 
 _LOCK_WORKFLOW_STATUS: Final = "SELECT status FROM workflows WHERE id = $1 FOR UPDATE"
 # Descends only through unfinished workflows, as MemoryJournal does: a finished
@@ -239,6 +344,115 @@ class PostgresJournal(Journal):
         rows = await self._pool.fetch(_CLAIM_PARTITIONS, node_id, list(partitions))
         return {row["partition"]: row["epoch"] for row in rows}
 
+    # -- scale-out: nodes, partition leases, wake-ups ------------------------
+
+    @boundary
+    async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
+        async with self._pool.acquire() as conn:
+            await conn.execute(_HEARTBEAT, node_id, float(ttl))
+            live = await conn.fetch(_LIVE_NODES, float(stale_after))
+            leases = await conn.fetch(_LEASES)
+        return ClusterView(
+            live_nodes=tuple(sorted(row["node_id"] for row in live)),
+            leases=tuple(PartitionLease(**row) for row in leases),
+        )
+
+    @boundary
+    async def leave(self, node_id: str) -> None:
+        await self._pool.execute(_LEAVE, node_id)
+
+    @boundary
+    async def acquire_leases(
+        self, node_id: str, partitions: Collection[int], ttl: float, *, stale_after: float
+    ) -> dict[int, int]:
+        rows = await self._pool.fetch(
+            _ACQUIRE_LEASES, node_id, sorted(partitions), float(ttl), float(stale_after)
+        )
+        return {row["partition"]: row["epoch"] for row in rows}
+
+    @boundary
+    async def renew_leases(
+        self, node_id: str, held: Mapping[int, int], ttl: float
+    ) -> dict[int, int]:
+        rows = await self._pool.fetch(_RENEW_LEASES, node_id, list(held), list(held.values()),
+                                      float(ttl))
+        return {row["partition"]: row["epoch"] for row in rows}
+
+    @boundary
+    async def release_leases(self, node_id: str, held: Mapping[int, int]) -> None:
+        await self._pool.execute(_RELEASE_LEASES, node_id, list(held), list(held.values()))
+
+    async def serve_node(
+        self,
+        node_id: str,
+        on_wake: Callable[[str], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """A session (one pooled connection) that holds the node's advisory lock and
+        LISTENs for wake-ups; pinged every second, and re-established after a loss
+        (a database restart) with backoff. Raises JournalUnavailableError only if
+        the first attempt fails."""
+        started = False
+        delay = _REATTACH_BACKOFF[0]
+        while True:
+            try:
+                async with self._session(node_id, on_wake) as conn:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    delay = _REATTACH_BACKOFF[0]
+                    while True:
+                        await anyio.sleep(1.0)
+                        with translated():
+                            await conn.fetchval(_PING)
+            except JournalUnavailableError as exc:
+                if not started:
+                    raise
+                _log.warning("node %s lost its session (%s); attaching again in %.1f s",
+                             node_id, exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _REATTACH_BACKOFF[1])
+
+    @contextlib.asynccontextmanager
+    async def _session(
+        self, node_id: str, on_wake: Callable[[str], None]
+    ) -> AsyncIterator[Conn]:
+        def notified(_conn: Conn, _pid: int, _channel: str, payload: object) -> None:
+            on_wake(str(payload))
+
+        with translated():
+            conn = await self._pool.acquire()
+        key: int | None = None
+        try:
+            with translated():
+                key = await conn.fetchval(_NEXT_SESSION_KEY)
+                await conn.execute(_LOCK_SESSION, _SESSION_LOCK, key)
+                await conn.execute(_ATTACH_NODE, node_id, key)
+                await conn.add_listener(_WAKE_CHANNEL, notified)
+            yield conn
+        finally:
+            # Pooled connections keep their session state when released (_pgconn),
+            # so the lock and the LISTEN go explicitly; if that fails, the
+            # connection goes, and they with it.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                try:
+                    await conn.remove_listener(_WAKE_CHANNEL, notified)
+                    if key is not None:
+                        await conn.execute(_UNLOCK_SESSION, _SESSION_LOCK, key)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError,
+                        asyncpg.InternalClientError, OSError):
+                    conn.terminate()
+            if scope.cancelled_caught:
+                conn.terminate()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+                await self._pool.release(conn)
+
+    @boundary
+    async def wake(self, payloads: Sequence[str]) -> None:
+        if payloads:
+            await self._pool.execute(_WAKE, list(payloads))
+
     # -- the write path ---------------------------------------------------
 
     async def append(self, batch: Batch) -> None:
@@ -303,16 +517,28 @@ class PostgresJournal(Journal):
         return [_workflow(row) for row in await self._pool.fetch(_CHILDREN, workflow_id)]
 
     @boundary
-    async def unfinished_workflows(self) -> list[WorkflowRow]:
-        return [_workflow(row) for row in await self._pool.fetch(_UNFINISHED_WORKFLOWS)]
+    async def unfinished_workflows(
+        self, partitions: Collection[int] | None = None
+    ) -> list[WorkflowRow]:
+        wanted = None if partitions is None else list(partitions)
+        return [_workflow(row) for row in await self._pool.fetch(_UNFINISHED_WORKFLOWS, wanted)]
 
     @boundary
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:
         return [StepRecord(**row) for row in await self._pool.fetch(_LOAD_STEPS, workflow_id)]
 
     @boundary
-    async def waiting_steps(self) -> list[WaitingStep]:
-        return [WaitingStep(**row) for row in await self._pool.fetch(_WAITING_STEPS)]
+    async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
+        wanted = None if partitions is None else list(partitions)
+        return [WaitingStep(**row) for row in await self._pool.fetch(_WAITING_STEPS, wanted)]
+
+    @boundary
+    async def runnable_workflows(
+        self, partitions: Collection[int], signals_after: int
+    ) -> tuple[list[WorkflowRow], int]:
+        newest = int(await self._pool.fetchval(_NEWEST_SIGNAL))
+        rows = await self._pool.fetch(_RUNNABLE_WORKFLOWS, list(partitions), signals_after)
+        return [_workflow(row) for row in rows], newest
 
     @boundary
     async def request_cancel(self, workflow_id: str) -> list[str]:
