@@ -107,6 +107,8 @@ class WorkflowContext:
         self._seq = 0
         self._status = row.status
         self._deferred: list[StepRecord] = []
+        self._deferred_children: list[NewWorkflow] = []
+        self._deferred_events: list[WorkflowEventRecord] = []
         self.reader = Reader(host.journal)
 
     @property
@@ -272,8 +274,10 @@ class WorkflowContext:
         )
         record = self._record(seq, workflow, "child", "completed", 1, _now(), output=child.id,
                               finished=True)
-        await self._commit(record, workflows=(child,))
-        self._host.child_started(child)
+        # Deferred like a completion: the child row commits with the next write,
+        # and the child is queued only after that commit.
+        self._defer(record)
+        self._deferred_children.append(child)
         return child.id
 
     async def set_event(self, key: str, value: Any) -> None:
@@ -284,9 +288,11 @@ class WorkflowContext:
         value = to_json_value(value)
         record = self._record(seq, key, "event", "completed", 1, _now(), output=value,
                               finished=True)
-        event = WorkflowEventRecord(workflow_id=self.workflow_id, key=key, value=value)
-        await self._commit(record, workflow_events=(event,))
-        self._host.event_published(self.workflow_id, key, value)
+        # Deferred like a completion: callers hear of it once the next write commits.
+        self._defer(record)
+        self._deferred_events.append(
+            WorkflowEventRecord(workflow_id=self.workflow_id, key=key, value=value)
+        )
 
     # -- durable waits ---------------------------------------------------------
 
@@ -378,13 +384,14 @@ class WorkflowContext:
         await self._commit(record)
 
     def _defer(self, record: StepRecord) -> None:
-        """Hold a completion record until the next commit.
+        """Hold a record (a completion, a child's start, a published event) until
+        the next commit, which carries it.
 
         Safe because nothing leaves the workflow without a commit: the next step
-        with effects commits its write-ahead record, and waits, children, events
-        and the end all commit too, each carrying what is deferred. A crash
-        before that commit re-runs the step with the same idempotency key, as a
-        crash during its own commit would. It halves the commits of a workflow.
+        with effects commits its write-ahead record, and writes, waits and the end
+        all commit too. Children are queued and callers told of events only after
+        that commit. A crash before it re-runs the step (with the same idempotency
+        key) as a crash during its own commit would. It halves a workflow's commits.
         """
         self._deferred.append(record)
         self._history[record.seq] = record
@@ -404,15 +411,25 @@ class WorkflowContext:
         self, record: StepRecord | None, statuses: tuple[StatusChange, ...], parts: dict[str, Any]
     ) -> None:
         steps = (*self._deferred, record) if record is not None else tuple(self._deferred)
+        children, events = tuple(self._deferred_children), tuple(self._deferred_events)
         partition = self._row.partition
         batch = Batch(
             partition=partition, epoch=self._host.epoch_of(partition),
-            steps=steps, statuses=statuses, **parts,
+            steps=steps, statuses=statuses,
+            workflows=(*parts.pop("workflows", ()), *children),
+            workflow_events=(*parts.pop("workflow_events", ()), *events),
+            **parts,
         )
         await self._host.commit(batch)
         self._deferred.clear()
+        self._deferred_children.clear()
+        self._deferred_events.clear()
         if record is not None:
             self._history[record.seq] = record
+        for child in children:
+            self._host.child_started(child)
+        for event in events:
+            self._host.event_published(event.workflow_id, event.key, event.value)
 
     async def finish(self, status: str, *, result: Any = None, error: str | None = None) -> None:
         """Record the workflow's end (the runtime calls this, not workflow code)."""
