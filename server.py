@@ -791,8 +791,10 @@ class _Sampler:
     def overview(self, counts: Mapping[str, int], minutes: int) -> OverviewReply:
         self.tick()
         cutoff = time.time() - minutes * 60
-        # The stored samples in the window, and one of this instant: the numbers are current.
-        window = [s for s in self._samples if s.t >= cutoff] + [self._snapshot()]
+        # The stored samples in the window, the last one before it (a quiet server has
+        # long intervals: one may straddle the window's start), and one of this instant.
+        before = [s for s in self._samples if s.t < cutoff][-1:]
+        window = before + [s for s in self._samples if s.t >= cutoff] + [self._snapshot()]
         first, last = window[0], window[-1]
         stats = self._runtime.statistics()
         return OverviewReply(

@@ -14,6 +14,7 @@ const RIGHT = 78;
 const AXIS = 26;
 const BREAK = 44;
 const INDENT = 14;
+const MIN_FOLD = 500; // ms: shorter idle stretches are drawn to scale
 const ICONS = {
   workflow: "▣", step: "▸", write: "✎", wait: "◷", sleep: "◷", child: "↳", event: "◆",
 };
@@ -78,7 +79,7 @@ function busyIntervals(spans, now) {
   return merged;
 }
 
-/** Idle gaps to fold: the longest, while each is over a quarter of what is left. */
+/** Idle gaps to fold: the longest, while each is over MIN_FOLD and a quarter of what is left. */
 function foldedGaps(merged, t0, t1) {
   const edges = [...merged.map(([a, b]) => [a, b]), [t1, t1]];
   const gaps = [];
@@ -91,7 +92,7 @@ function foldedGaps(merged, t0, t1) {
   let left = t1 - t0;
   const chosen = [];
   for (const gap of gaps) {
-    if (gap.length <= 0.25 * left) break;
+    if (gap.length <= 0.25 * left || gap.length < MIN_FOLD) break;
     chosen.push(gap);
     left -= gap.length;
   }

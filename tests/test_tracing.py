@@ -216,3 +216,17 @@ async def test_attempt_spans_carry_the_error_status() -> None:
     # A root without a traceparent has no parent: its own trace.
     [root] = [s for s in spans if s.attributes and s.attributes["retinue.kind"] == "workflow"]
     assert root.parent is None
+
+
+def test_otlp_export_is_on_only_with_an_endpoint() -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http",
+                        reason="the `opentelemetry` extra is not installed")
+    from runtime import otlp_exporter_from_env
+
+    journal = MemoryJournal()
+    assert otlp_exporter_from_env(journal, {}) is None
+    exporter = otlp_exporter_from_env(
+        journal, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                  "OTEL_SERVICE_NAME": "onboarding"})
+    assert isinstance(exporter, TraceExporter)
+    assert exporter._service_name == "onboarding"
