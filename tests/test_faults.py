@@ -301,7 +301,7 @@ async def test_a_retried_message_replays_what_its_failed_attempt_journaled(
 
     async def crashes_once(ctx: WorkflowContext, payload: dict[str, Any]) -> str:
         await ctx.step("act", act)
-        await ctx.set_event("acted", True)  # commits the step's completion
+        await ctx.write("mark", _write_note, "acted")  # commits the step's completion
         if not crashes:
             crashes.append(ctx.workflow_id)
             raise RuntimeError("the actor crashes after its first commit")
