@@ -118,6 +118,7 @@ _VERIFY_EXAMPLE: Final = '{"token": "<the token from the invitation>"}'
 _MAX_TOKEN: Final = 512
 _MAX_IDEMPOTENCY_KEY: Final = 255
 _REDACTED: Final = "<redacted>"
+_READY_PING_TIMEOUT: Final = 1.0  # seconds /readyz waits for the database to answer
 _MAX_BODY: Final = web.AppKey("max_body", int)
 # The time-range filter of GET /workflows reads at most this many rows per request.
 _SCAN_ROWS: Final = 5000
@@ -1284,10 +1285,21 @@ class _Api:
         return _json(200, StatusReply(status="ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self._runtime.ready:
+        # The runtime only learns of an outage when it writes; an idle server
+        # asks the database itself (one SELECT 1 per probe, bounded).
+        if self._runtime.ready and await self._journal_answers():
             return _json(200, StatusReply(status="ready"))
         raise ApiError(503, "not ready: the runtime is starting, recovering or stopping, or the "
                        "database is unreachable; retry shortly", headers={"Retry-After": "1"})
+
+    async def _journal_answers(self) -> bool:
+        with anyio.move_on_after(_READY_PING_TIMEOUT):
+            try:
+                await self._runtime.journal.ping()
+            except JournalError:
+                return False
+            return True
+        return False
 
     async def openapi_document(self, request: web.Request) -> web.Response:
         return web.Response(body=self.openapi, content_type="application/json")

@@ -67,6 +67,9 @@ class Journal(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
 
+    async def ping(self) -> None:  # noqa: B027 - a journal in memory is always there
+        """Return if the database answers; raise JournalUnavailableError if not."""
+
     @abc.abstractmethod
     async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
         """Take ownership of `partitions` for `node_id`, bumping each epoch; return

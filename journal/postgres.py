@@ -59,6 +59,8 @@ _STEP_COLUMNS: Final = """
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 
+_PING: Final = "SELECT 1"
+
 _CLAIM_PARTITIONS: Final = """
 WITH locked AS (
     SELECT partition FROM partitions WHERE partition = ANY($2::integer[])
@@ -338,6 +340,10 @@ class PostgresJournal(Journal):
             await self._pool.close()
         if scope.cancelled_caught:
             self._pool.terminate()
+
+    @boundary
+    async def ping(self) -> None:
+        await self._pool.fetchval(_PING)
 
     @boundary
     async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
