@@ -59,7 +59,6 @@ _STEP_COLUMNS: Final = """
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 
-_PING: Final = "SELECT 1"
 
 _CLAIM_PARTITIONS: Final = """
 WITH locked AS (
