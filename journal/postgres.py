@@ -59,7 +59,6 @@ _STEP_COLUMNS: Final = """
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 
-
 _CLAIM_PARTITIONS: Final = """
 WITH locked AS (
     SELECT partition FROM partitions WHERE partition = ANY($2::integer[])
