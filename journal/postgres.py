@@ -446,9 +446,9 @@ class PostgresJournal(Journal):
                         await conn.execute(_UNLOCK_SESSION, _SESSION_LOCK, key)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError,
                         asyncpg.InternalClientError, OSError):
-                    conn.terminate()
+                    _terminate(conn)
             if scope.cancelled_caught:
-                conn.terminate()
+                _terminate(conn)
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
                 await self._pool.release(conn)
 
@@ -640,6 +640,13 @@ async def _lock_status_txn(conn: Conn, workflow_id: str) -> str:
     if status is None:
         raise WorkflowNotFoundError(workflow_id)
     return status
+
+
+def _terminate(conn: Conn) -> None:
+    """Close a pooled connection now (a no-op if the pool took it back already,
+    as it does with a connection that died)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 def _workflow(row: asyncpg.Record) -> WorkflowRow:

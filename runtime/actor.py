@@ -47,6 +47,7 @@ class ActorHost:
         raise NotImplementedError
 
     def message_done(self, actor: Actor, message: Run) -> None:
+        """`message` was handled, or dropped because the actor stopped."""
         raise NotImplementedError
 
     def passivate(self, actor: Actor) -> bool:
@@ -75,6 +76,8 @@ class Actor:
         self._unavailable_backoff = unavailable_backoff
         self.next_event_seq: int | None = None  # loaded on first use; reset on restart
         self.current: str | None = None
+        self.epoch: int | None = None  # the partition lease it runs under (set by the host)
+        self._scope = anyio.CancelScope()
 
     # -- the mailbox ---------------------------------------------------------
 
@@ -95,17 +98,35 @@ class Actor:
 
     # -- the loop --------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Stop now (its partition moved to another node): the message being
+        handled is abandoned at its next await, queued ones are dropped. The
+        partition's new owner resumes their workflows by replay."""
+        self._scope.cancel()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Handle messages one at a time until passivated or cancelled."""
+        """Handle messages one at a time until passivated, stopped or cancelled."""
         task_status.started()
-        async with self._send, self._inbox:
-            while True:
-                message = await self._next_message()
-                if message is None:
-                    if self._host.passivate(self):
-                        return
-                    continue
-                await self._supervise(message)
+        with self._scope:
+            async with self._send, self._inbox:
+                try:
+                    while True:
+                        message = await self._next_message()
+                        if message is None:
+                            if self._host.passivate(self):
+                                return
+                            continue
+                        await self._supervise(message)
+                finally:
+                    self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        while True:
+            try:
+                message = self._inbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            self._host.message_done(self, message)
 
     async def _next_message(self) -> Run | None:
         """The next message, or None after `idle_timeout` without one."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -18,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from journal import (
     FINISHED_STATUSES,
-    PARTITION_COUNT,
     Batch,
     DeadLetter,
+    FencedError,
     IntegrityError,
     Journal,
     JournalUnavailableError,
@@ -30,6 +31,15 @@ from journal import (
 )
 
 from .actor import Actor, ActorHost, Run
+from .cluster import (
+    ClusterHost,
+    ClusterSettings,
+    LeaseManager,
+    PartitionLost,
+    default_node_id,
+    parse_wake,
+    wake_payload,
+)
 from .codec import from_json_value, input_type_of, to_json_value
 from .context import RunHost, Suspended, WorkflowContext
 from .errors import (
@@ -49,6 +59,19 @@ __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
 _log = logging.getLogger("retinue.runtime")
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
+
+# Waiting on a workflow that another node runs: the journal is polled, every 20 ms
+# at first, then up to every 50 ms. One that runs here wakes its waiters from
+# memory; they look again every half second, in case its partition moved.
+_POLL_FIRST: Final = 0.02
+_POLL_MAX: Final = 0.05
+_RECHECK: Final = 0.5
+# A graceful shutdown hands the leases over within this long, else they run out.
+_LEAVE_TIMEOUT: Final = 5.0
+
+# The actor whose message is being handled, in its task: its writes carry the
+# epoch it was started under, never a newer one its partition got since.
+_current_actor: ContextVar[Actor] = ContextVar("retinue_current_actor")
 
 
 class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +112,16 @@ def _waiting(table: dict[_K, _Waiter], key: _K) -> Iterator[_Waiter]:
             del table[key]
 
 
+@contextmanager
+def _unless_first(first: bool) -> Iterator[None]:
+    """A look at the journal while waiting: an outage fails the first one only."""
+    try:
+        yield
+    except JournalUnavailableError:
+        if first:
+            raise
+
+
 def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
     waiter = table.pop(key, None)
     if waiter is not None:
@@ -96,13 +129,18 @@ def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
         waiter.event.set()
 
 
-class Runtime(ActorHost, RunHost):
+class Runtime(ActorHost, RunHost, ClusterHost):
     """Hosts workflows on actors over a journal. Open it with `async with`.
 
-    On open it claims its partitions, recovers every unfinished workflow by
-    replay and re-arms durable timers. On close it stops intake, gives
-    in-flight messages `grace` seconds, then cancels what is left; abandoned
-    steps are re-run (same idempotency key) on the next open.
+    On open it joins the journal's nodes as `node_id` (default: RETINUE_NODE_ID,
+    else host-pid), takes its share of the partitions (all of them when it is
+    the only live node), recovers their unfinished workflows by replay and
+    re-arms their durable timers; `runtime.cluster` keeps the share current
+    every `heartbeat_interval` (see runtime/cluster.py). Commands are accepted
+    for any partition; a workflow runs on its partition's owner, woken through
+    the journal. On close it stops intake, gives in-flight messages `grace`
+    seconds, hands its partitions over, then cancels what is left; abandoned
+    steps are re-run (same idempotency key) by the next owner.
     """
 
     def __init__(
@@ -116,9 +154,11 @@ class Runtime(ActorHost, RunHost):
         restart: RestartPolicy | None = None,
         grace: float = 5.0,
         registry: CollectorRegistry | None = None,
+        heartbeat_interval: float | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         self.journal = journal
-        self.node_id = node_id or f"node-{uuid.uuid4().hex[:12]}"
+        self.node_id = node_id or default_node_id()
         self.metrics = RuntimeMetrics(registry or CollectorRegistry())
         self.metrics.watch(lambda: len(self._actors), self._mailbox_depth)
         self._mailbox_size = mailbox_size
@@ -128,7 +168,15 @@ class Runtime(ActorHost, RunHost):
         self._grace = grace
         self._workflows: dict[str, WorkflowFn] = {}
         self._actors: dict[str, Actor] = {}
-        self._epochs: dict[int, int] = {}
+        self._epochs: dict[int, int] = {}  # owned partitions only
+        # Run messages queued or being handled here, by workflow: recovery and
+        # catch-up do not queue a second one.
+        self._scheduled: dict[str, int] = {}
+        self._signals_seen = 0
+        self.cluster = LeaseManager(
+            journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
+            self, self.metrics.registry,
+        )
         self._in_flight = 0
         self._cancelling: set[str] = set()
         self._event_waiters: dict[tuple[str, str], _Waiter] = {}
@@ -157,13 +205,14 @@ class Runtime(ActorHost, RunHost):
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:
-            self._epochs = await self.journal.claim_partitions(
-                self.node_id, range(PARTITION_COUNT)
-            )
             self._tg = await self._stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._timers.run)
-            await self._recover()
+            await self._tg.start(self.journal.serve_node, self.node_id, self._on_wake)
+            await self.cluster.join()
+            await self._tg.start(self.cluster.run)
         except BaseException:
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
             await self._stack.__aexit__(None, None, None)
             raise
         self._accepting = True
@@ -185,20 +234,80 @@ class Runtime(ActorHost, RunHost):
                 # every message a check.
                 while self._busy():  # noqa: ASYNC110
                     await anyio.sleep(0.01)
+            self.cluster.stop()
+            with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
+                await self.cluster.leave()
         self._tg.cancel_scope.cancel()
         return await self._stack.__aexit__(exc_type, exc, tb)
 
     def _busy(self) -> bool:
         return any(a.current is not None or a.depth() for a in self._actors.values())
 
-    async def _recover(self) -> None:
-        # Every unfinished workflow is replayed, waiting ones too: a signal stored
-        # just before a crash may not have woken its workflow.
-        for waiting in await self.journal.waiting_steps():
-            self._timers.set(waiting.workflow_id, waiting.actor_key, waiting.fire_at)
-        for row in await self.journal.unfinished_workflows():
-            self.metrics.replays.inc()
-            self._deliver(row.actor_key, Run(workflow_id=row.id))
+    # -- partitions (ClusterHost) -------------------------------------------------
+
+    def owned(self) -> Mapping[int, int]:
+        """{partition: epoch} of the partitions this node owns now."""
+        return self._epochs
+
+    async def partitions_acquired(self, epochs: Mapping[int, int]) -> None:
+        """Own `epochs` and recover them: re-arm their timers, replay every
+        unfinished workflow, waiting ones too (a signal stored just before a
+        crash may not have woken its workflow)."""
+        self._epochs.update(epochs)  # first: a wake-up that comes meanwhile is handled
+        partitions = list(epochs)
+        try:
+            waiting = await self.journal.waiting_steps(partitions)
+            unfinished = await self.journal.unfinished_workflows(partitions)
+        except BaseException:
+            # Not recovered: owned they would stay idle. Dropped, they are acquired
+            # (and recovered) again at the next heartbeat: the leases are still ours.
+            self.stop_partitions(partitions)
+            raise
+        for timer in waiting:
+            self._timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
+        for row in unfinished:
+            if row.id not in self._scheduled:
+                self.metrics.replays.inc()
+                self._deliver(row.actor_key, Run(workflow_id=row.id))
+
+    def stop_partitions(self, partitions: Collection[int]) -> None:
+        """Forget `partitions` and stop their actors now; queued messages are dropped
+        (their workflows are the new owner's to resume)."""
+        gone = set(partitions)
+        for partition in gone:
+            self._epochs.pop(partition, None)
+        for key, actor in list(self._actors.items()):
+            if partition_of(key) in gone:
+                del self._actors[key]
+                actor.stop()
+
+    async def catch_up(self) -> None:
+        """Queue the work of owned partitions that a lost wake-up may have hidden."""
+        if not self._epochs:
+            return
+        rows, self._signals_seen = await self.journal.runnable_workflows(
+            list(self._epochs), self._signals_seen
+        )
+        for row in rows:
+            if row.id not in self._scheduled:
+                self._deliver(row.actor_key, Run(workflow_id=row.id))
+
+    def _on_wake(self, payload: str) -> None:
+        """A wake-up from another node (or a rebalance): run the workflow if it is ours."""
+        wake = parse_wake(payload)
+        if wake is None:
+            self.cluster.kick()
+            return
+        actor_key, workflow_id = wake
+        if partition_of(actor_key) in self._epochs:
+            self._deliver(actor_key, Run(workflow_id=workflow_id))
+
+    async def _wake_owner(self, actor_key: str, workflow_id: str) -> None:
+        try:
+            await self.journal.wake([wake_payload(actor_key, workflow_id)])
+        except JournalUnavailableError as exc:
+            # The owner's catch-up finds the work within a heartbeat or so.
+            _log.warning("could not wake the owner of %s for %s: %s", actor_key, workflow_id, exc)
 
     # -- commands -----------------------------------------------------------------
 
@@ -316,32 +425,52 @@ class Runtime(ActorHost, RunHost):
         return letter
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
-        """(found, value) of the workflow's event `key`, waiting up to `timeout` s."""
-        with _waiting(self._event_waiters, (workflow_id, key)) as waiter:
-            fresh = self._fresh.get(workflow_id)
-            if fresh is not None and key in fresh:
-                return True, fresh[key]
-            if fresh is None:
-                found, value = await self.journal.get_workflow_event(workflow_id, key)
-                if found:
-                    return True, value
-            with anyio.move_on_after(timeout):
-                await waiter.event.wait()
-                return True, waiter.value
+        """(found, value) of the workflow's event `key`, waiting up to `timeout` s.
+
+        One accepted here and not ended is answered from memory; one running on
+        another node is polled for in the journal. Only the first look at the
+        journal raises JournalUnavailableError; later ones count as "not yet"."""
+        with _waiting(self._event_waiters, (workflow_id, key)) as waiter, \
+                anyio.move_on_after(timeout):
+            poll, first = _POLL_FIRST, True
+            while True:
+                fresh = self._fresh.get(workflow_id)
+                if fresh is not None and key in fresh:
+                    return True, fresh[key]
+                if fresh is None:
+                    with _unless_first(first):
+                        found, value = await self.journal.get_workflow_event(workflow_id, key)
+                        if found:
+                            return True, value
+                if await self._nap(workflow_id, waiter, poll):
+                    return True, waiter.value
+                poll, first = min(poll * 1.5, _POLL_MAX), False
         return False, None
 
     async def wait_for_finish(self, workflow_id: str, timeout: float) -> WorkflowRow | None:
         """The workflow's row once it has finished, or None after `timeout` s."""
-        with _waiting(self._finish_waiters, workflow_id) as waiter:
-            if workflow_id not in self._fresh:
-                row = await self.journal.get_workflow(workflow_id)
-                if row is not None and row.status in FINISHED_STATUSES:
-                    return row
-            with anyio.move_on_after(timeout):
-                await waiter.event.wait()
-                finished: WorkflowRow = waiter.value
-                return finished
+        with _waiting(self._finish_waiters, workflow_id) as waiter, \
+                anyio.move_on_after(timeout):
+            poll, first = _POLL_FIRST, True
+            while True:
+                if workflow_id not in self._fresh:
+                    with _unless_first(first):
+                        row = await self.journal.get_workflow(workflow_id)
+                        if row is not None and row.status in FINISHED_STATUSES:
+                            return row
+                if await self._nap(workflow_id, waiter, poll):
+                    finished: WorkflowRow = waiter.value
+                    return finished
+                poll, first = min(poll * 1.5, _POLL_MAX), False
         return None
+
+    async def _nap(self, workflow_id: str, waiter: _Waiter, poll: float) -> bool:
+        """Wait for `waiter` a while: `poll` s, or longer if the workflow runs here
+        (memory wakes its waiters then). True if it came."""
+        here = workflow_id in self._fresh or workflow_id in self._scheduled
+        with anyio.move_on_after(_RECHECK if here else poll):
+            await waiter.event.wait()
+        return waiter.event.is_set()
 
     @property
     def ready(self) -> bool:
@@ -368,16 +497,35 @@ class Runtime(ActorHost, RunHost):
     # -- delivery -------------------------------------------------------------------
 
     def _deliver(self, actor_key: str, message: Run) -> None:
+        """Queue `message` on its actor if this node owns its partition; else wake
+        the owner (in the background) and forget it here."""
+        if partition_of(actor_key) not in self._epochs:
+            self._send_to_owner(actor_key, message)
+            return
         actor = self._actors.get(actor_key)
         if actor is None:
             actor = self._activate(actor_key)
+        self._scheduled[message.workflow_id] = self._scheduled.get(message.workflow_id, 0) + 1
         try:
             actor.deliver_nowait(message)
         except anyio.WouldBlock:
             # Internal messages are never dropped: the work is durable and bounded
             # at the edge, so wait for room in the background.
             assert self._tg is not None
-            self._tg.start_soon(actor.deliver, message)
+            self._tg.start_soon(self._deliver_later, actor, message)
+
+    async def _deliver_later(self, actor: Actor, message: Run) -> None:
+        try:
+            await actor.deliver(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.message_done(actor, message)  # it stopped: its partition moved
+
+    def _send_to_owner(self, actor_key: str, message: Run) -> None:
+        if message.external:  # it will not run here: not in flight here either
+            self._in_flight -= 1
+            self._fresh.pop(message.workflow_id, None)
+        assert self._tg is not None
+        self._tg.start_soon(self._wake_owner, actor_key, message.workflow_id)
 
     def _activate(self, actor_key: str) -> Actor:
         assert self._tg is not None
@@ -389,16 +537,39 @@ class Runtime(ActorHost, RunHost):
             restart=self._restart,
             unavailable_backoff=self._unavailable_backoff,
         )
+        actor.epoch = self._epochs[partition_of(actor_key)]
         self._actors[actor_key] = actor
         self._tg.start_soon(actor.run)
         return actor
 
     def _timer_fired(self, workflow_id: str, actor_key: str) -> None:
-        self._deliver(actor_key, Run(workflow_id=workflow_id))
+        if partition_of(actor_key) in self._epochs:  # else its owner has it armed
+            self._deliver(actor_key, Run(workflow_id=workflow_id))
 
     # -- ActorHost ----------------------------------------------------------------------
 
     async def execute(self, actor: Actor, message: Run) -> None:
+        with self._acting_as(actor) as current:
+            if current:
+                await self._execute(message)
+
+    @contextmanager
+    def _acting_as(self, actor: Actor) -> Iterator[bool]:
+        """Run as `actor` (its writes carry its epoch); yields False, and the
+        message is not handled, if its partition is no longer owned at that epoch.
+        A PartitionLost on the way ends the message: the owner replays it."""
+        if actor.epoch is None or self._epochs.get(partition_of(actor.key)) != actor.epoch:
+            yield False
+            return
+        token = _current_actor.set(actor)
+        try:
+            yield True
+        except PartitionLost:
+            pass
+        finally:
+            _current_actor.reset(token)
+
+    async def _execute(self, message: Run) -> None:
         row = message.row if message.row is not None else None
         if row is None or row.status in FINISHED_STATUSES:
             row = await self.journal.get_workflow(message.workflow_id)
@@ -455,9 +626,14 @@ class Runtime(ActorHost, RunHost):
         # The workflow is failed first, so that a redelivery of the letter always
         # finds it failed and can retry it.
         text = f"{type(error).__name__}: {error}"
-        await self._fail_dead_lettered(message, text)
-        await self.journal.add_dead_letter(actor.key, {"workflow_id": message.workflow_id}, text)
-        self.metrics.dead_letters.inc()
+        with self._acting_as(actor) as current:
+            if not current:
+                return  # its partition moved: the new owner replays the message
+            await self._fail_dead_lettered(message, text)
+            await self.journal.add_dead_letter(
+                actor.key, {"workflow_id": message.workflow_id}, text
+            )
+            self.metrics.dead_letters.inc()
 
     async def _fail_dead_lettered(self, message: Run, text: str) -> None:
         row = await self.journal.get_workflow(message.workflow_id)
@@ -476,6 +652,11 @@ class Runtime(ActorHost, RunHost):
         self.metrics.actor_restarts.inc()
 
     def message_done(self, actor: Actor, message: Run) -> None:
+        left = self._scheduled.get(message.workflow_id, 0) - 1
+        if left > 0:
+            self._scheduled[message.workflow_id] = left
+        else:
+            self._scheduled.pop(message.workflow_id, None)
         if message.external:
             self._in_flight -= 1
             self._fresh.pop(message.workflow_id, None)
@@ -506,6 +687,9 @@ class Runtime(ActorHost, RunHost):
                 self.metrics.journal_unavailable.inc()
                 await anyio.sleep(self._unavailable_backoff(outages))
                 continue
+            except FencedError as exc:
+                self._fenced(batch)
+                raise PartitionLost(batch.partition) from exc
             self.metrics.journal_append.observe(time.perf_counter() - began)
             if outages and self._accepting:
                 self._ready = True
@@ -531,8 +715,21 @@ class Runtime(ActorHost, RunHost):
                 return False
         return bool(batch.steps)
 
+    def _fenced(self, batch: Batch) -> None:
+        """The journal refused `batch`: another node owns its partition now."""
+        self.cluster.metrics.fenced_appends.inc()
+        if self._epochs.get(batch.partition) == batch.epoch:
+            self.cluster.lost([batch.partition], f"an append at epoch {batch.epoch} was fenced")
+
     def epoch_of(self, partition: int) -> int:
-        return self._epochs[partition]
+        """The epoch to write `partition` under: the one the running actor started
+        with. Raises PartitionLost if this node does not own it at that epoch."""
+        epoch = self._epochs.get(partition)
+        actor = _current_actor.get(None)
+        if epoch is None or (actor is not None and actor.epoch != epoch
+                             and partition_of(actor.key) == partition):
+            raise PartitionLost(partition)
+        return epoch
 
     def partition_of(self, actor_key: str) -> int:
         return partition_of(actor_key)
@@ -540,14 +737,22 @@ class Runtime(ActorHost, RunHost):
     def cancel_requested(self, workflow_id: str) -> bool:
         return workflow_id in self._cancelling
 
+    def _actor_of(self, actor_key: str) -> Actor:
+        actor = _current_actor.get(None)
+        if actor is None or actor.key != actor_key:
+            actor = self._actors.get(actor_key)
+        if actor is None:  # stopped: its partition moved
+            raise PartitionLost(partition_of(actor_key))
+        return actor
+
     async def next_event_seq(self, actor_key: str) -> int:
-        actor = self._actors[actor_key]
+        actor = self._actor_of(actor_key)
         if actor.next_event_seq is None:  # loaded on the actor's first write
             actor.next_event_seq = await self.journal.last_event_seq(actor_key) + 1
         return actor.next_event_seq
 
     def events_committed(self, actor_key: str, count: int) -> None:
-        actor = self._actors[actor_key]
+        actor = self._actor_of(actor_key)
         assert actor.next_event_seq is not None
         actor.next_event_seq += count
 

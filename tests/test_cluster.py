@@ -1,0 +1,228 @@
+"""Scale-out in one process: several Runtimes (nodes) over one journal, both journals.
+
+The multi-process variants (real server.py processes, SIGKILL, SIGSTOP) are in
+tests/test_scale_out.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry
+
+from journal import PARTITION_COUNT, Journal, NewWorkflow
+from runtime import Runtime, WorkflowContext, partition_of
+from runtime.cluster import desired_partitions
+
+from .support import wait_status
+
+FAST: dict[str, Any] = {"heartbeat_interval": 0.1, "lease_ttl": 1.0, "grace": 1.0}
+
+
+class Ran:
+    """Which node ran which step of which workflow."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, str, str]] = []  # (node, workflow id, step)
+        self.gate = anyio.Event()
+        self.gate.set()
+
+    def nodes_of(self, workflow_id: str) -> list[str]:
+        return [node for node, wf, _ in self.steps if wf == workflow_id]
+
+
+def register(runtime: Runtime, ran: Ran) -> None:
+    node = runtime.node_id
+
+    async def act(ctx: WorkflowContext, name: str) -> str:
+        async def body() -> str:
+            ran.steps.append((node, ctx.workflow_id, name))
+            await ran.gate.wait()
+            return node
+
+        return await ctx.step(name, body)
+
+    async def flow(ctx: WorkflowContext, _: None) -> list[str]:
+        first = await act(ctx, "first")
+        wake = await ctx.wait_for_signal("go", timeout=60)
+        second = await act(ctx, "second")
+        return [first, str(wake.payload), second]
+
+    async def nap(ctx: WorkflowContext, seconds: float) -> str:
+        await ctx.sleep(seconds)
+        return await act(ctx, "after-sleep")
+
+    runtime.register(flow)
+    runtime.register(nap)
+
+
+@asynccontextmanager
+async def node(journal: Journal, name: str, ran: Ran, **options: Any) -> AsyncIterator[Runtime]:
+    runtime = Runtime(journal, node_id=name, registry=CollectorRegistry(), **{**FAST, **options})
+    register(runtime, ran)
+    async with runtime:
+        yield runtime
+
+
+async def settled(*runtimes: Runtime, within: float = 10) -> None:
+    """Until the runtimes own every partition between them, each its rendezvous share."""
+    names = [r.node_id for r in runtimes]
+    with anyio.fail_after(within):
+        while any(set(r.owned()) != desired_partitions(r.node_id, names) for r in runtimes):
+            await anyio.sleep(0.02)
+
+
+def key_owned_by(runtime: Runtime, prefix: str = "k") -> str:
+    for i in range(10_000):
+        if partition_of(f"{prefix}:{i}") in runtime.owned():
+            return f"{prefix}:{i}"
+    raise AssertionError(f"{runtime.node_id} owns no partition")
+
+
+def metric(runtime: Runtime, name: str, **labels: str) -> float:
+    value = runtime.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def eventually(probe: Callable[[], bool], within: float = 10) -> None:
+    with anyio.fail_after(within):
+        while not probe():
+            await anyio.sleep(0.01)
+
+
+# -- one node --------------------------------------------------------------------------
+
+
+async def test_a_lone_node_owns_every_partition_once_open(journal: Journal) -> None:
+    async with node(journal, "solo", Ran()) as solo:
+        assert set(solo.owned()) == set(range(PARTITION_COUNT))
+        assert metric(solo, "retinue_partitions_owned") == PARTITION_COUNT
+        assert metric(solo, "retinue_lease_changes_total", change="acquired") == PARTITION_COUNT
+    # A graceful close hands everything back at once.
+    view = await journal.heartbeat("observer", 5, stale_after=5)
+    assert view.live_nodes == ("observer",)
+    assert {lease.owner for lease in view.leases} == {""}
+
+
+# -- two nodes ---------------------------------------------------------------------------
+
+
+async def test_two_nodes_split_the_partitions_by_rendezvous(journal: Journal) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a, node(journal, "node-b", ran) as b:
+        await settled(a, b)
+        assert set(a.owned()).isdisjoint(b.owned())
+        assert 64 < len(a.owned()) < 192
+        # Every move bumped the epoch: b's partitions are all past a's first epoch.
+        assert all(epoch >= 2 for epoch in b.owned().values())
+        assert metric(a, "retinue_lease_changes_total", change="released") == len(b.owned())
+
+
+async def test_a_workflow_accepted_on_one_node_runs_on_its_partitions_owner(
+    journal: Journal,
+) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a, node(journal, "node-b", ran) as b:
+        await settled(a, b)
+        key = key_owned_by(b)
+        row, created = await a.start_workflow("flow", None, actor_key=key)
+        assert created
+        await wait_status(journal, row.id, "waiting")
+        await a.signal(row.id, "go", "from-a")  # accepted on a, runs on b
+        done = await a.wait_for_finish(row.id, 10)  # a polls the journal
+        assert done is not None and done.status == "completed", done
+        assert done.result == ["node-b", "from-a", "node-b"]
+        assert set(ran.nodes_of(row.id)) == {"node-b"}
+        assert a.statistics().in_flight == 0 and a.statistics().waiters == 0
+
+
+async def test_a_node_that_leaves_hands_its_waiting_workflows_over(journal: Journal) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a:
+        async with node(journal, "node-b", ran) as b:
+            await settled(a, b)
+            key = key_owned_by(b)
+            waiting, _ = await b.start_workflow("flow", None, actor_key=key)
+            sleeping, _ = await b.start_workflow("nap", 0.5, actor_key=key_owned_by(b, "s"))
+            await wait_status(journal, waiting.id, "waiting")
+            await wait_status(journal, sleeping.id, "waiting")
+        # b left gracefully: a owns everything well within one lease TTL.
+        with anyio.fail_after(0.9):
+            await settled(a)
+        await a.signal(waiting.id, "go", "after-handover")
+        done = await a.wait_for_finish(waiting.id, 10)
+        assert done is not None and done.result == ["node-b", "after-handover", "node-a"]
+        slept = await a.wait_for_finish(sleeping.id, 10)  # a re-armed b's timer
+        assert slept is not None and slept.result == "node-a"
+
+
+async def test_a_dead_nodes_partitions_are_taken_over_and_its_work_resumed(
+    journal: Journal,
+) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a:
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="power cut"),
+                                flatten_subgroups=True):
+            async with node(journal, "node-b", ran) as b:
+                await settled(a, b)
+                ran.gate = anyio.Event()  # the first step hangs until b dies
+                row, _ = await b.start_workflow("flow", None, actor_key=key_owned_by(b))
+                await eventually(lambda: bool(ran.steps))
+                raise RuntimeError("power cut")  # no graceful hand-over
+        ran.gate.set()
+        # Its heartbeat goes stale (2 beats) well before its leases would run out.
+        with anyio.fail_after(0.9):
+            await settled(a)
+        await a.signal(row.id, "go", "resumed")
+        done = await a.wait_for_finish(row.id, 10)
+        assert done is not None and done.result == ["node-a", "resumed", "node-a"]
+        # The step b was inside ran again on a, with the same idempotency key.
+        assert [(n, s) for n, wf, s in ran.steps if wf == row.id][:2] == [
+            ("node-b", "first"), ("node-a", "first")]
+
+
+async def test_a_command_whose_wake_up_was_lost_is_found_by_the_owner(journal: Journal) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a, node(journal, "node-b", ran) as b:
+        await settled(a, b)
+        key = key_owned_by(b)
+        # Accepted straight into the journal: nobody was woken.
+        await journal.create_workflow(NewWorkflow(
+            id="lost-wake", name="nap", actor_key=key, partition=partition_of(key), input=0.0,
+        ))
+        done = await a.wait_for_finish("lost-wake", 5)
+        assert done is not None and done.result == "node-b"
+
+
+# -- fencing -----------------------------------------------------------------------------
+
+
+async def test_an_actor_whose_lease_was_taken_cannot_write_and_its_work_is_resumed(
+    journal: Journal,
+) -> None:
+    ran = Ran()
+    async with node(journal, "node-a", ran) as a:
+        ran.gate = anyio.Event()
+        key = key_owned_by(a)
+        partition = partition_of(key)
+        row, _ = await a.start_workflow("flow", None, actor_key=key)
+        await eventually(lambda: bool(ran.steps))  # inside its first step, "started" written
+        # Another node takes the partition while the step runs (a paused owner).
+        stolen = await journal.claim_partitions("intruder", [partition])
+        ran.gate.set()  # the step returns; its completion is fenced
+        await eventually(lambda: metric(a, "retinue_fenced_appends_total") == 1)
+        assert metric(a, "retinue_lease_changes_total", change="lost") >= 1
+        # The intruder is not live, so node-a takes the partition back with the next
+        # epoch, and resumes the workflow by replay.
+        await eventually(lambda: a.owned().get(partition, 0) > stolen[partition])
+        await wait_status(journal, row.id, "waiting")
+        await a.signal(row.id, "go", "again")
+        done = await a.wait_for_finish(row.id, 10)
+        assert done is not None and done.status == "completed"
+        assert await journal.list_dead_letters() == []
+        assert metric(a, "retinue_actor_restarts_total") == 0
+        assert [s for n, wf, s in ran.steps if wf == row.id] == ["first", "first", "second"]
