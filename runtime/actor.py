@@ -1,21 +1,23 @@
 """An actor: a bounded mailbox, one message at a time, and its supervisor.
 
-Every message names a workflow to run (or resume) on this actor. The
-supervisor restarts the actor after a crash with exponential backoff; a
-message that crashes it `max_crashes` times in a row goes to the dead letters
-and the actor carries on. An actor idle for `idle_timeout` passivates: it
-leaves memory, and the next message activates it again.
+Every message names a workflow to run (or resume) on this actor. An actor has a
+task only while it has work: the first message starts one, and it ends when the
+mailbox is empty, so an idle actor is a small object in a dict (the runtime
+sweeps those idle past `idle_timeout` out of memory: passivation). The
+supervisor restarts the actor after a crash with exponential backoff; a message
+that crashes it `max_crashes` times in a row goes to the dead letters and the
+actor carries on.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
 
 from journal import JournalUnavailableError, WorkflowRow
 
@@ -50,13 +52,19 @@ class ActorHost:
         """`message` was handled, or dropped because the actor stopped."""
         raise NotImplementedError
 
-    def passivate(self, actor: Actor) -> bool:
-        """Remove an idle actor from memory; False if a message arrived meanwhile."""
+    def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start an actor's task in the runtime's task group."""
         raise NotImplementedError
 
 
 class Actor:
     """One key's actor. Created by the runtime on the first message for the key."""
+
+    __slots__ = (
+        "key", "_host", "_mailbox", "_mailbox_size", "_restart", "_unavailable_backoff",
+        "_room", "_scope", "_stopped", "next_event_seq", "current", "epoch", "running",
+        "idle_since",
+    )
 
     def __init__(
         self,
@@ -64,37 +72,61 @@ class Actor:
         host: ActorHost,
         *,
         mailbox_size: int,
-        idle_timeout: float,
         restart: RestartPolicy,
         unavailable_backoff: Callable[[int], float],
     ) -> None:
         self.key = key
         self._host = host
-        self._send, self._inbox = anyio.create_memory_object_stream[Run](mailbox_size)
-        self._idle_timeout = idle_timeout
+        # A list, not a deque: an empty one is 56 bytes, and mailboxes are short.
+        self._mailbox: list[Run] = []
+        self._mailbox_size = mailbox_size
         self._restart = restart
         self._unavailable_backoff = unavailable_backoff
+        self._room: anyio.Event | None = None  # made only when a sender waits for room
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
         self.next_event_seq: int | None = None  # loaded on first use; reset on restart
         self.current: str | None = None
         self.epoch: int | None = None  # the partition lease it runs under (set by the host)
-        self._scope = anyio.CancelScope()
+        self.running = False
+        self.idle_since = time.monotonic()
 
     # -- the mailbox ---------------------------------------------------------
 
     def has_room(self) -> bool:
-        stats = self._send.statistics()
-        return stats.current_buffer_used < stats.max_buffer_size
+        return len(self._mailbox) < self._mailbox_size
 
     def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+        return len(self._mailbox)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without work (0 while it has some)."""
+        return 0.0 if self.running or self._mailbox else now - self.idle_since
 
     def deliver_nowait(self, message: Run) -> None:
-        """Queue `message`; raises anyio.WouldBlock when the mailbox is full."""
-        self._send.send_nowait(message)
+        """Queue `message`, starting the actor's task if it has none. Raises
+        anyio.WouldBlock when the mailbox is full, ClosedResourceError once stopped."""
+        if self._stopped:
+            raise anyio.ClosedResourceError
+        if not self.has_room():
+            raise anyio.WouldBlock
+        self._mailbox.append(message)
+        if not self.running:
+            self.running = True
+            self._host.spawn(self._run)
 
     async def deliver(self, message: Run) -> None:
         """Queue `message`, waiting for room. Cancellable."""
-        await self._send.send(message)
+        while not self.has_room() and not self._stopped:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        self.deliver_nowait(message)
+
+    def _room_made(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     # -- the loop --------------------------------------------------------------
 
@@ -102,42 +134,33 @@ class Actor:
         """Stop now (its partition moved to another node): the message being
         handled is abandoned at its next await, queued ones are dropped. The
         partition's new owner resumes their workflows by replay."""
-        self._scope.cancel()
+        self._stopped = True
+        self._room_made()
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            self._drop_queued()
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Handle messages one at a time until passivated, stopped or cancelled."""
-        task_status.started()
-        with self._scope:
-            async with self._send, self._inbox:
-                try:
-                    while True:
-                        message = await self._next_message()
-                        if message is None:
-                            if self._host.passivate(self):
-                                return
-                            continue
-                        await self._supervise(message)
-                finally:
-                    self._drop_queued()
+    async def _run(self) -> None:
+        """Handle messages one at a time until the mailbox is empty or it stops."""
+        self._scope = anyio.CancelScope()
+        try:
+            with self._scope:
+                while self._mailbox:
+                    message = self._mailbox.pop(0)
+                    self._room_made()
+                    await self._supervise(message)
+        finally:
+            self._scope = None
+            self.running = False
+            self.idle_since = time.monotonic()
+            if self._stopped:
+                self._drop_queued()
 
     def _drop_queued(self) -> None:
-        while True:
-            try:
-                message = self._inbox.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
+        queued, self._mailbox = self._mailbox, []
+        for message in queued:
             self._host.message_done(self, message)
-
-    async def _next_message(self) -> Run | None:
-        """The next message, or None after `idle_timeout` without one."""
-        try:
-            return self._inbox.receive_nowait()  # spares a cancel scope when busy
-        except anyio.WouldBlock:
-            pass
-        idle_for = self._idle_timeout if self._idle_timeout > 0 else math.inf
-        with anyio.move_on_after(idle_for):
-            return await self._inbox.receive()
-        return None
 
     async def _supervise(self, message: Run) -> None:
         crashes = 0

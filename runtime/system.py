@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -35,8 +35,10 @@ from .cluster import (
     ClusterHost,
     ClusterSettings,
     LeaseManager,
+    News,
     PartitionLost,
     default_node_id,
+    news_payload,
     parse_wake,
     wake_payload,
 )
@@ -60,11 +62,12 @@ _log = logging.getLogger("retinue.runtime")
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
 
-# Waiting on a workflow that another node runs: the journal is polled, every 20 ms
-# at first, then up to every 50 ms. One that runs here wakes its waiters from
+# Waiting on a workflow that another node runs: its owner sends news of its
+# events and end, and the journal is polled meanwhile, every 20 ms at first,
+# then less often, up to every 250 ms. One that runs here wakes its waiters from
 # memory; they look again every half second, in case its partition moved.
 _POLL_FIRST: Final = 0.02
-_POLL_MAX: Final = 0.05
+_POLL_MAX: Final = 0.25
 _RECHECK: Final = 0.5
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
@@ -84,14 +87,16 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Waiter:
-    """Callers waiting for one thing (an event, an end); `value` is what came."""
+    """Callers waiting for one thing (an event, an end); `value` is what came, once
+    `came`. An `event` set without `came` is news from another node: look again."""
 
-    __slots__ = ("event", "value", "waiting")
+    __slots__ = ("event", "value", "waiting", "came")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.value: Any = None
         self.waiting = 0
+        self.came = False
 
 
 _K = TypeVar("_K")
@@ -126,6 +131,7 @@ def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
     waiter = table.pop(key, None)
     if waiter is not None:
         waiter.value = value
+        waiter.came = True
         waiter.event.set()
 
 
@@ -172,6 +178,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         # Run messages queued or being handled here, by workflow: recovery and
         # catch-up do not queue a second one.
         self._scheduled: dict[str, int] = {}
+        # Workflows run here for a command another node took: it waits for news.
+        self._watched: set[str] = set()
         self._signals_seen = 0
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
@@ -207,6 +215,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         try:
             self._tg = await self._stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._timers.run)
+            await self._tg.start(self._passivate_idle)
             await self._tg.start(self.journal.serve_node, self.node_id, self._on_wake)
             await self.cluster.join()
             await self._tg.start(self.cluster.run)
@@ -241,7 +250,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         return await self._stack.__aexit__(exc_type, exc, tb)
 
     def _busy(self) -> bool:
-        return any(a.current is not None or a.depth() for a in self._actors.values())
+        return any(a.running for a in self._actors.values())
 
     # -- partitions (ClusterHost) -------------------------------------------------
 
@@ -297,17 +306,33 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         wake = parse_wake(payload)
         if wake is None:
             self.cluster.kick()
-            return
-        actor_key, workflow_id = wake
-        if partition_of(actor_key) in self._epochs:
-            self._deliver(actor_key, Run(workflow_id=workflow_id))
+        elif isinstance(wake, News):
+            self._news(wake)
+        elif partition_of(wake.actor_key) in self._epochs:
+            if wake.watched:
+                self._watched.add(wake.workflow_id)
+            self._deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
 
-    async def _wake_owner(self, actor_key: str, workflow_id: str) -> None:
+    def _news(self, news: News) -> None:
+        """Waiters here on a workflow another node runs: look at the journal now."""
+        if news.key is None:
+            waiter = self._finish_waiters.get(news.workflow_id)
+        else:
+            waiter = self._event_waiters.get((news.workflow_id, news.key))
+        if waiter is not None:
+            waiter.event.set()
+
+    def _tell_watchers(self, workflow_id: str, key: str | None) -> None:
+        if workflow_id in self._watched and self._tg is not None:
+            self._tg.start_soon(self._send_wake, news_payload(workflow_id, key))
+
+    async def _send_wake(self, payload: str) -> None:
         try:
-            await self.journal.wake([wake_payload(actor_key, workflow_id)])
+            await self.journal.wake([payload])
         except JournalUnavailableError as exc:
-            # The owner's catch-up finds the work within a heartbeat or so.
-            _log.warning("could not wake the owner of %s for %s: %s", actor_key, workflow_id, exc)
+            # Missed, it costs a poll: the owner's catch-up (a command) or the
+            # waiter's next look at the journal (news) finds what it announced.
+            _log.warning("could not send a wake-up (%s): %s", payload[:200], exc)
 
     # -- commands -----------------------------------------------------------------
 
@@ -356,7 +381,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             return row, False
         self.metrics.workflows_started.labels(name).inc()
         self._fresh[row.id] = {}
-        self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True))
+        self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True), watched=True)
         return row, True
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
@@ -390,7 +415,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         signal = await self.journal.send_signal(workflow_id, name, to_json_value(payload))
         row = await self.journal.get_workflow(signal.workflow_id)
         if row is not None and row.status not in FINISHED_STATUSES:
-            self._deliver(row.actor_key, Run(workflow_id=workflow_id))
+            self._deliver(row.actor_key, Run(workflow_id=workflow_id), watched=True)
 
     async def cancel(self, workflow_id: str) -> list[str]:
         """Cancel a workflow and its children at their next step boundary."""
@@ -400,7 +425,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self._cancelling.add(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
-                self._deliver(row.actor_key, Run(workflow_id=cancelled_id))
+                self._deliver(row.actor_key, Run(workflow_id=cancelled_id), watched=True)
         return ids
 
     async def retry(self, workflow_id: str) -> None:
@@ -409,7 +434,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         await self.journal.retry_workflow(workflow_id)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
-        self._deliver(row.actor_key, Run(workflow_id=workflow_id))
+        self._deliver(row.actor_key, Run(workflow_id=workflow_id), watched=True)
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's message to its actor again; None if unknown or taken."""
@@ -421,7 +446,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         row = await self.journal.get_workflow(workflow_id)
         if row is not None and row.status == "failed":
             await self.journal.retry_workflow(workflow_id)
-        self._deliver(letter.actor_key, Run(workflow_id=workflow_id))
+        self._deliver(letter.actor_key, Run(workflow_id=workflow_id), watched=True)
         return letter
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
@@ -470,7 +495,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         here = workflow_id in self._fresh or workflow_id in self._scheduled
         with anyio.move_on_after(_RECHECK if here else poll):
             await waiter.event.wait()
-        return waiter.event.is_set()
+        if waiter.came:
+            return True
+        if waiter.event.is_set():  # news: the next look at the journal finds it
+            waiter.event = anyio.Event()
+        return False
 
     @property
     def ready(self) -> bool:
@@ -496,11 +525,12 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     # -- delivery -------------------------------------------------------------------
 
-    def _deliver(self, actor_key: str, message: Run) -> None:
+    def _deliver(self, actor_key: str, message: Run, *, watched: bool = False) -> None:
         """Queue `message` on its actor if this node owns its partition; else wake
-        the owner (in the background) and forget it here."""
+        the owner (in the background) and forget it here. `watched`: a caller
+        here will wait for the workflow's events or end."""
         if partition_of(actor_key) not in self._epochs:
-            self._send_to_owner(actor_key, message)
+            self._send_to_owner(actor_key, message, watched)
             return
         actor = self._actors.get(actor_key)
         if actor is None:
@@ -520,12 +550,13 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.message_done(actor, message)  # it stopped: its partition moved
 
-    def _send_to_owner(self, actor_key: str, message: Run) -> None:
+    def _send_to_owner(self, actor_key: str, message: Run, watched: bool) -> None:
         if message.external:  # it will not run here: not in flight here either
             self._in_flight -= 1
             self._fresh.pop(message.workflow_id, None)
         assert self._tg is not None
-        self._tg.start_soon(self._wake_owner, actor_key, message.workflow_id)
+        payload = wake_payload(actor_key, message.workflow_id, watched=watched)
+        self._tg.start_soon(self._send_wake, payload)
 
     def _activate(self, actor_key: str) -> Actor:
         assert self._tg is not None
@@ -533,14 +564,33 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             actor_key,
             self,
             mailbox_size=self._mailbox_size,
-            idle_timeout=self._idle_timeout,
             restart=self._restart,
             unavailable_backoff=self._unavailable_backoff,
         )
         actor.epoch = self._epochs[partition_of(actor_key)]
         self._actors[actor_key] = actor
-        self._tg.start_soon(actor.run)
         return actor
+
+    def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(run)
+
+    async def _passivate_idle(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sweep actors idle past `idle_timeout` out of memory, until cancelled.
+        One sweep for all actors: an idle actor holds no task and no timer."""
+        task_status.started()
+        if self._idle_timeout <= 0:
+            return
+        while True:
+            await anyio.sleep(max(self._idle_timeout / 4, 0.01))
+            now = time.monotonic()
+            idle = [key for key, actor in self._actors.items()
+                    if actor.idle_for(now) >= self._idle_timeout]
+            for key in idle:
+                del self._actors[key]
+            self.metrics.passivations.inc(len(idle))
 
     def _timer_fired(self, workflow_id: str, actor_key: str) -> None:
         if partition_of(actor_key) in self._epochs:  # else its owner has it armed
@@ -619,6 +669,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     def _finished(self, row: WorkflowRow) -> None:
         _wake(self._finish_waiters, row.id, row)
+        self._tell_watchers(row.id, None)
         for listener in self._finish_listeners:
             listener(row)
 
@@ -657,16 +708,10 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self._scheduled[message.workflow_id] = left
         else:
             self._scheduled.pop(message.workflow_id, None)
+            self._watched.discard(message.workflow_id)
         if message.external:
             self._in_flight -= 1
             self._fresh.pop(message.workflow_id, None)
-
-    def passivate(self, actor: Actor) -> bool:
-        if actor.depth() or self._actors.get(actor.key) is not actor:
-            return False
-        del self._actors[actor.key]
-        self.metrics.passivations.inc()
-        return True
 
     @staticmethod
     def _unavailable_backoff(outages: int) -> float:
@@ -768,6 +813,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         if fresh is not None:
             fresh[key] = value
         _wake(self._event_waiters, (workflow_id, key), value)
+        self._tell_watchers(workflow_id, key)
 
     def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
         self.metrics.step_finished(workflow, step, outcome, seconds)
