@@ -38,9 +38,12 @@ __all__ = [
     "ClusterHost",
     "ClusterSettings",
     "LeaseManager",
+    "News",
     "PartitionLost",
+    "RunHere",
     "default_node_id",
     "desired_partitions",
+    "news_payload",
     "parse_wake",
     "wake_payload",
 ]
@@ -130,21 +133,44 @@ def desired_partitions(node_id: str, live_nodes: Iterable[str]) -> set[int]:
     }
 
 
-def wake_payload(actor_key: str, workflow_id: str) -> str:
+class RunHere(msgspec.Struct, frozen=True, array_like=True, tag="run"):
+    """To the owner of `actor_key`: run `workflow_id`. `watched`: the sender waits
+    for its events or its end (an HTTP answer), so tell it of them (News)."""
+
+    actor_key: str
+    workflow_id: str
+    watched: bool = False
+
+
+class News(msgspec.Struct, frozen=True, array_like=True, tag="news"):
+    """From an owner: `workflow_id` published event `key` (None: it ended). Waiters
+    elsewhere look at the journal now instead of at their next poll."""
+
+    workflow_id: str
+    key: str | None = None
+
+
+_WAKE_DECODER: Final[msgspec.json.Decoder[RunHere | News]] = msgspec.json.Decoder(RunHere | News)
+
+
+def wake_payload(actor_key: str, workflow_id: str, *, watched: bool = False) -> str:
     """What a node sends to wake the owner of `actor_key` for `workflow_id`."""
-    return msgspec.json.encode([actor_key, workflow_id]).decode()
+    return msgspec.json.encode(RunHere(actor_key, workflow_id, watched)).decode()
 
 
-def parse_wake(payload: str) -> tuple[str, str] | None:
-    """(actor_key, workflow_id) of a wake-up; None for a rebalance or garbage."""
+def news_payload(workflow_id: str, key: str | None) -> str:
+    return msgspec.json.encode(News(workflow_id, key)).decode()
+
+
+def parse_wake(payload: str) -> RunHere | News | None:
+    """What a wake-up says; None for a rebalance (or garbage, logged)."""
     if payload == REBALANCE:
         return None
     try:
-        actor_key, workflow_id = msgspec.json.decode(payload, type=tuple[str, str])
+        return _WAKE_DECODER.decode(payload)
     except msgspec.DecodeError:
         _log.warning("ignoring a malformed wake-up: %r", payload[:200])
         return None
-    return actor_key, workflow_id
 
 
 class ClusterHost(Protocol):

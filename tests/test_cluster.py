@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from journal import PARTITION_COUNT, Journal, NewWorkflow
 from runtime import Runtime, WorkflowContext, partition_of
-from runtime.cluster import desired_partitions
+from runtime.cluster import (
+    News,
+    RunHere,
+    desired_partitions,
+    news_payload,
+    parse_wake,
+    wake_payload,
+)
 
 from .support import wait_status
 
@@ -226,3 +233,15 @@ async def test_an_actor_whose_lease_was_taken_cannot_write_and_its_work_is_resum
         assert await journal.list_dead_letters() == []
         assert metric(a, "retinue_actor_restarts_total") == 0
         assert [s for n, wf, s in ran.steps if wf == row.id] == ["first", "first", "second"]
+
+
+# -- wake-ups -------------------------------------------------------------------------------
+
+
+def test_wake_ups_say_what_to_run_or_what_happened() -> None:
+    run = parse_wake(wake_payload("customer:1", "wf-1", watched=True))
+    assert run == RunHere("customer:1", "wf-1", True)
+    assert parse_wake(news_payload("wf-1", "invite")) == News("wf-1", "invite")
+    assert parse_wake(news_payload("wf-1", None)) == News("wf-1", None)
+    assert parse_wake("") is None  # a rebalance
+    assert parse_wake("not json") is None
