@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from ._groupcommit import GroupCommitter
+from ._groupcommit import GroupCommitter, GroupStatistics
 from ._pgconn import Conn, Pool, boundary, create_pool, translated
 from ._pgwrite import UPSERT_DOCUMENT, append_batches, document_args, workflow_args
 from .base import ClusterView, Journal, PartitionLease, WaitingStep
@@ -458,6 +458,11 @@ class PostgresJournal(Journal):
             await self._pool.execute(_WAKE, list(payloads))
 
     # -- the write path ---------------------------------------------------
+
+    @property
+    def group_statistics(self) -> GroupStatistics:
+        """Group-commit counters: batches appended, commits, the largest group."""
+        return self._committer.statistics
 
     async def append(self, batch: Batch) -> None:
         """Group-committed: concurrent appends share one transaction (_groupcommit)."""
