@@ -86,6 +86,17 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ready: bool
 
 
+def _new_row(new: NewWorkflow) -> WorkflowRow:
+    """The row of a workflow this runtime has just written, without reading it back."""
+    now = datetime.now(UTC)
+    return WorkflowRow(
+        id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
+        status="pending", input=new.input, idempotency_key=new.idempotency_key,
+        request_hash=new.request_hash, parent_id=new.parent_id, trace_id=new.trace_id,
+        created_at=now, updated_at=now,
+    )
+
+
 class _Waiter:
     """Callers waiting for one thing (an event, an end); `value` is what came, once
     `came`. An `event` set without `came` is news from another node: look again."""
@@ -389,13 +400,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             return await self.journal.create_workflow(new)
         # A fresh random id cannot collide: a plain (group-committed) append will do.
         await self.journal.append(Batch(partition=new.partition, epoch=None, workflows=(new,)))
-        now = datetime.now(UTC)
-        row = WorkflowRow(
-            id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
-            status="pending", input=new.input, trace_id=new.trace_id,
-            created_at=now, updated_at=now,
-        )
-        return row, True
+        return _new_row(new), True
 
     def _check_open(self) -> None:
         if not self._accepting:
@@ -803,7 +808,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     def child_started(self, child: NewWorkflow) -> None:
         self.metrics.workflows_started.labels(child.name).inc()
-        self._deliver(child.actor_key, Run(workflow_id=child.id))
+        # Just committed with its parent's step, never run: no history to read.
+        self._deliver(child.actor_key, Run(workflow_id=child.id, row=_new_row(child)))
 
     def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
         self._timers.set(workflow_id, actor_key, fire_at)
