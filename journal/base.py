@@ -190,6 +190,11 @@ class Journal(abc.ABC):
         """The workflow's step records, by seq."""
 
     @abc.abstractmethod
+    async def load_histories(self, workflow_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """The step records of many workflows at once, by seq: {id: records},
+        with an empty list for a workflow that has none (recovery's bulk read)."""
+
+    @abc.abstractmethod
     async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
         """Every durable timer not yet fired (wait steps started with a fire_at),
         of the workflows of `partitions` when given."""

@@ -357,6 +357,9 @@ class MemoryJournal(Journal):
         steps = self._steps.get(workflow_id, {})
         return [steps[seq] for seq in sorted(steps)]
 
+    async def load_histories(self, workflow_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        return {workflow_id: await self.load_steps(workflow_id) for workflow_id in workflow_ids}
+
     async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
         wanted = None if partitions is None else set(partitions)
         waiting = []

@@ -110,6 +110,10 @@ _UNFINISHED_WORKFLOWS: Final = (
     + " AND ($1::integer[] IS NULL OR partition = ANY($1)) ORDER BY position"
 )
 _LOAD_STEPS: Final = "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = $1 ORDER BY seq"
+_LOAD_HISTORIES: Final = (
+    "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = ANY($1::text[]) "
+    "ORDER BY workflow_id, seq"
+)
 _WAITING_STEPS: Final = """
 SELECT s.workflow_id, s.seq, w.actor_key, s.fire_at
 FROM steps s JOIN workflows w ON w.id = s.workflow_id
@@ -535,6 +539,13 @@ class PostgresJournal(Journal):
     @boundary
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:
         return [StepRecord(**row) for row in await self._pool.fetch(_LOAD_STEPS, workflow_id)]
+
+    @boundary
+    async def load_histories(self, workflow_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        histories: dict[str, list[StepRecord]] = {workflow_id: [] for workflow_id in workflow_ids}
+        for row in await self._pool.fetch(_LOAD_HISTORIES, list(workflow_ids)):
+            histories[row["workflow_id"]].append(StepRecord(**row))
+        return histories
 
     @boundary
     async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:

@@ -27,6 +27,7 @@ from journal import (
     JournalUnavailableError,
     NewWorkflow,
     StatusChange,
+    StepRecord,
     WorkflowRow,
 )
 
@@ -68,6 +69,8 @@ WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
 # memory; they look again every half second, in case its partition moved.
 _POLL_FIRST: Final = 0.02
 _POLL_MAX: Final = 0.25
+# Recovery reads the histories of this many workflows per query.
+_PRELOAD_CHUNK: Final = 1000
 _RECHECK: Final = 0.5
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
@@ -204,6 +207,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         # they published so far: for them memory is the truth, and waiting for
         # their events or end needs no read of the journal.
         self._fresh: dict[str, dict[str, Any]] = {}
+        # Rows and histories recovery read in bulk, for each workflow's next run;
+        # what ran while recovery was reading is not preloaded (it would be stale).
+        self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
+        self._recovery_reads = 0
+        self._ran_during_recovery: set[str] = set()
         self._finish_listeners: list[Callable[[WorkflowRow], None]] = []
         self._timers = TimerService(self._timer_fired)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -275,20 +283,36 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         crash may not have woken its workflow)."""
         self._epochs.update(epochs)  # first: a wake-up that comes meanwhile is handled
         partitions = list(epochs)
+        self._recovery_reads += 1
         try:
-            waiting = await self.journal.waiting_steps(partitions)
-            unfinished = await self.journal.unfinished_workflows(partitions)
-        except BaseException:
-            # Not recovered: owned they would stay idle. Dropped, they are acquired
-            # (and recovered) again at the next heartbeat: the leases are still ours.
-            self.stop_partitions(partitions)
-            raise
-        for timer in waiting:
-            self._timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
-        for row in unfinished:
-            if row.id not in self._scheduled:
-                self.metrics.replays.inc()
-                self._deliver(row.actor_key, Run(workflow_id=row.id))
+            try:
+                waiting = await self.journal.waiting_steps(partitions)
+                unfinished = await self.journal.unfinished_workflows(partitions)
+            except BaseException:
+                # Not recovered: owned they would stay idle. Dropped, they are acquired
+                # (and recovered) again at the next heartbeat: the leases are still ours.
+                self.stop_partitions(partitions)
+                raise
+            for timer in waiting:
+                self._timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
+            unfinished = [row for row in unfinished if row.id not in self._scheduled]
+            for start in range(0, len(unfinished), _PRELOAD_CHUNK):
+                await self._replay(unfinished[start:start + _PRELOAD_CHUNK])
+        finally:
+            self._recovery_reads -= 1
+            if not self._recovery_reads:
+                self._ran_during_recovery.clear()
+
+    async def _replay(self, rows: list[WorkflowRow]) -> None:
+        """Queue `rows` for replay with their histories read in one query, not two
+        reads each when they run."""
+        histories = await self.journal.load_histories([row.id for row in rows])
+        for row in rows:
+            # One that ran while we read has moved on: what we read is stale.
+            if row.id not in self._ran_during_recovery:
+                self._preloaded[row.id] = (row, histories[row.id])
+            self.metrics.replays.inc()
+            self._deliver(row.actor_key, Run(workflow_id=row.id))
 
     def stop_partitions(self, partitions: Collection[int]) -> None:
         """Forget `partitions` and stop their actors now; queued messages are dropped
@@ -296,6 +320,9 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         gone = set(partitions)
         for partition in gone:
             self._epochs.pop(partition, None)
+        for workflow_id in [w for w, (row, _) in self._preloaded.items()
+                            if row.partition in gone]:
+            del self._preloaded[workflow_id]
         for key, actor in list(self._actors.items()):
             if partition_of(key) in gone:
                 del self._actors[key]
@@ -322,6 +349,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         elif partition_of(wake.actor_key) in self._epochs:
             if wake.watched:
                 self._watched.add(wake.workflow_id)
+            # Another node changed it (a cancel, a signal): what recovery read is stale.
+            self._preloaded.pop(wake.workflow_id, None)
             self._deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
 
     def _news(self, news: News) -> None:
@@ -427,6 +456,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._check_open()
         ids = await self.journal.request_cancel(workflow_id)
         for cancelled_id in ids:
+            self._preloaded.pop(cancelled_id, None)
+        for cancelled_id in ids:
             self._cancelling.add(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
@@ -437,6 +468,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         """Resume a failed workflow from its failed step; earlier steps are not re-run."""
         self._check_open()
         await self.journal.retry_workflow(workflow_id)
+        self._preloaded.pop(workflow_id, None)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
         self._deliver(row.actor_key, Run(workflow_id=workflow_id), watched=True)
@@ -625,17 +657,30 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             _current_actor.reset(token)
 
     async def _execute(self, message: Run) -> None:
-        row = message.row if message.row is not None else None
-        if row is None or row.status in FINISHED_STATUSES:
-            row = await self.journal.get_workflow(message.workflow_id)
+        # What recovery read is good for the workflow's first run only: that run
+        # writes, and nothing else writes for a workflow between (one owner, one
+        # actor, one message at a time); an operator's retry drops it.
+        if self._recovery_reads:
+            self._ran_during_recovery.add(message.workflow_id)
+        preloaded = self._preloaded.pop(message.workflow_id, None)
+        row: WorkflowRow | None
+        if preloaded is not None:
+            row, steps = preloaded
+        else:
+            row, steps = await self._load(message)
         if row is None or row.status in FINISHED_STATUSES:
             return
         if row.cancel_requested:
             self._cancelling.add(row.id)
-        history = {} if message.row is not None else {
-            step.seq: step for step in await self.journal.load_steps(row.id)
-        }
-        await self._run_workflow(row, history)
+        await self._run_workflow(row, {step.seq: step for step in steps})
+
+    async def _load(self, message: Run) -> tuple[WorkflowRow | None, list[StepRecord]]:
+        if message.row is not None and message.row.status not in FINISHED_STATUSES:
+            return message.row, []  # just written here, never run: no history
+        row = await self.journal.get_workflow(message.workflow_id)
+        if row is None or row.status in FINISHED_STATUSES:
+            return row, []
+        return row, await self.journal.load_steps(row.id)
 
     async def _run_workflow(self, row: WorkflowRow, history: dict[int, Any]) -> None:
         fn = self._workflows.get(row.name)

@@ -711,3 +711,16 @@ async def test_concurrent_appends_all_land(journal: Journal) -> None:
             range(1, appends + 1)
         )
         assert len(await journal.load_steps(f"wf-{t}")) == appends
+
+
+async def test_histories_of_many_workflows_load_at_once(journal: Journal) -> None:
+    for workflow_id in ("wf-h1", "wf-h2", "wf-h3"):
+        await journal.create_workflow(new_wf(workflow_id))
+    await journal.append(batch(steps=(step("wf-h1", 2), step("wf-h1", 1), step("wf-h2", 1))))
+    histories = await journal.load_histories(["wf-h1", "wf-h2", "wf-h3"])
+    assert histories == {
+        "wf-h1": await journal.load_steps("wf-h1"),
+        "wf-h2": await journal.load_steps("wf-h2"),
+        "wf-h3": [],
+    }
+    assert [s.seq for s in histories["wf-h1"]] == [1, 2]
