@@ -69,6 +69,9 @@ async def _spawn(
         return await anyio.open_process(
             [*python, "-m", "bench._recovery_app", *args], cwd=ROOT,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            # The restarted process is the same node as the one killed, as a
+            # restarted server is: it takes its partitions back at once.
+            env={**os.environ, "RETINUE_NODE_ID": "bench-recovery"},
         )
     finally:
         log.close()
