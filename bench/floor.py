@@ -15,7 +15,7 @@ import asyncpg
 
 from .common import emit, fresh_database, machine
 
-_CREATE = """
+CREATE = """
 CREATE TABLE floor_rows (
     workflow_id text NOT NULL,
     seq int NOT NULL,
@@ -33,7 +33,7 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[])
 _PAYLOAD = '{"id": "8c888861-4a02-5468-9165-25143a43a5fe", "email": "ada@example.com", "ok": true}'
 
 
-async def _drive(pool: asyncpg.Pool, seconds: float, concurrency: int, batch: int) -> int:
+async def drive(pool: asyncpg.Pool, seconds: float, concurrency: int, batch: int) -> int:
     rows = 0
     deadline = time.perf_counter() + seconds
 
@@ -62,10 +62,10 @@ async def run(seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
     async with fresh_database("floor") as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
         try:
-            await pool.execute(_CREATE)
-            single = await _drive(pool, seconds, concurrency, 1)
-            batched = await _drive(pool, seconds, concurrency, batch)
-            batched_few = await _drive(pool, seconds, 4, batch)
+            await pool.execute(CREATE)
+            single = await drive(pool, seconds, concurrency, 1)
+            batched = await drive(pool, seconds, concurrency, batch)
+            batched_few = await drive(pool, seconds, 4, batch)
         finally:
             await pool.close()
     return {

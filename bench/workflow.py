@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 import anyio
+import asyncpg
 
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
+from . import floor
 from .common import emit, fresh_database, machine, percentile
 
 STEPS = ("invite", "communicate_invitation", "verify", "communicate_welcome")
@@ -86,7 +88,17 @@ def _commits(journal: PostgresJournal, workflows: int) -> dict[str, float]:
     }
 
 
-async def run(workflows: int, concurrencies: list[int]) -> dict[str, Any]:
+async def _floor_batched(dsn: str, seconds: float) -> float:
+    """The floor bench's batched inserts on this server: rows/s, for the ratio."""
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
+    try:
+        await pool.execute(floor.CREATE)
+        return await floor.drive(pool, seconds, 4, 64) / seconds
+    finally:
+        await pool.close()
+
+
+async def run(workflows: int, concurrencies: list[int], floor_seconds: float) -> dict[str, Any]:
     results = []
     async with fresh_database("workflow") as dsn:
         journal = await PostgresJournal.connect(dsn, min_size=4, max_size=8)
@@ -101,10 +113,16 @@ async def run(workflows: int, concurrencies: list[int]) -> dict[str, Any]:
             commits = _commits(journal, total)
         finally:
             await journal.aclose()
+        floor_rows = await _floor_batched(dsn, floor_seconds)
+    for result in results:
+        result["steps_per_s_over_floor_batched_rows_per_s"] = round(
+            result["steps_per_s"] / floor_rows, 4
+        )
     return {
         "bench": "workflow",
         "steps_per_workflow": len(STEPS),
         **commits,
+        "floor_batched_rows_per_s": round(floor_rows),
         "runs": results,
         "machine": machine(),
     }
@@ -114,8 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench workflow")
     parser.add_argument("--workflows", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1])
+    parser.add_argument("--floor-seconds", type=float, default=2.0,
+                        help="how long to measure the batched-insert floor for the ratio")
     args = parser.parse_args(argv)
-    emit(anyio.run(run, args.workflows, args.concurrency))
+    emit(anyio.run(run, args.workflows, args.concurrency, args.floor_seconds))
 
 
 if __name__ == "__main__":
