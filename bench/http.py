@@ -101,20 +101,24 @@ async def stop_server(process: anyio.abc.Process, grace: float = 30) -> tuple[in
     return None, round(time.perf_counter() - began, 3)
 
 
-async def _invites(
-    session: aiohttp.ClientSession, base: str, emails: list[str], concurrency: int
+async def send_invites(
+    session: aiohttp.ClientSession, base: str | list[str], emails: list[str], concurrency: int
 ) -> tuple[float, list[float], Counter[str]]:
+    """Invite `emails` from `concurrency` clients, round-robin over the servers in
+    `base`; (seconds, latencies of the answered, count by status or error)."""
+    bases = [base] if isinstance(base, str) else base
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    pending = iter(emails)
+    pending = iter(enumerate(emails))
 
     async def client() -> None:
-        for email in pending:
+        for i, email in pending:
+            url = f"{bases[i % len(bases)]}/customers/invite"
             began = time.perf_counter()
             try:
-                async with session.post(f"{base}/customers/invite", json={"email": email}) as r:
-                    await r.read()
-                    statuses[str(r.status)] += 1
+                async with session.post(url, json={"email": email}) as reply:
+                    await reply.read()
+                    statuses[str(reply.status)] += 1
             except (aiohttp.ClientError, TimeoutError) as exc:
                 statuses[f"error:{type(exc).__name__}"] += 1
                 continue
@@ -228,7 +232,7 @@ async def _measure(
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
-        elapsed, latencies, statuses = await _invites(session, base, emails, concurrency)
+        elapsed, latencies, statuses = await send_invites(session, base, emails, concurrency)
         server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
         drained = await _drain(session, base)
     return {

@@ -24,7 +24,7 @@ import anyio.abc
 import asyncpg
 
 from .common import emit, fresh_database, machine, percentile
-from .http import free_port, start_server, stop_server, wait_ready
+from .http import free_port, send_invites, start_server, stop_server, wait_ready
 
 
 class _Node:
@@ -66,34 +66,6 @@ async def _shared(dsn: str, names: set[str], within: float = 30) -> float:
     return time.perf_counter() - began
 
 
-async def _load(
-    session: aiohttp.ClientSession, nodes: list[_Node], emails: list[str], concurrency: int,
-) -> tuple[float, list[float], Counter[str]]:
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    pending = iter(enumerate(emails))
-
-    async def client() -> None:
-        for i, email in pending:
-            node = nodes[i % len(nodes)]
-            began = time.perf_counter()
-            try:
-                async with session.post(f"{node.url}/customers/invite",
-                                        json={"email": email}) as reply:
-                    await reply.read()
-                    statuses[str(reply.status)] += 1
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                statuses[f"error:{type(exc).__name__}"] += 1
-                continue
-            latencies.append(time.perf_counter() - began)
-
-    began = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(client)
-    return time.perf_counter() - began, latencies, statuses
-
-
 async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str, Any]:
     """SIGKILL the last node under load; how long until its partitions, and their
     writes, are the others'."""
@@ -109,9 +81,10 @@ async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str,
                 batch = 0
                 while not stop.is_set():
                     batch += 1
-                    await _load(session, survivors,
-                                [f"failover-{batch}-{i}@example.com" for i in range(100)],
-                                concurrency)
+                    await send_invites(
+                        session, [n.url for n in survivors],
+                        [f"failover-{batch}-{i}@example.com" for i in range(100)], concurrency,
+                    )
 
             tg.start_soon(keep_inviting)
             await anyio.sleep(1.0)
@@ -145,9 +118,10 @@ async def _measure(count: int, invites: int, concurrency: int) -> dict[str, Any]
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=concurrency)
             ) as session:
-                await _load(session, nodes, [f"warm-{i}@example.com" for i in range(50)], 8)
-                seconds, latencies, statuses = await _load(
-                    session, nodes, [f"bench-{i}@example.com" for i in range(invites)],
+                urls = [n.url for n in nodes]
+                await send_invites(session, urls, [f"warm-{i}@example.com" for i in range(50)], 8)
+                seconds, latencies, statuses = await send_invites(
+                    session, urls, [f"bench-{i}@example.com" for i in range(invites)],
                     concurrency,
                 )
             owners = await _owners(dsn)
