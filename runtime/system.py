@@ -588,9 +588,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self.message_done(actor, message)  # it stopped: its partition moved
 
     def _send_to_owner(self, actor_key: str, message: Run, watched: bool) -> None:
-        if message.external:  # it will not run here: not in flight here either
-            self._in_flight -= 1
-            self._fresh.pop(message.workflow_id, None)
+        self._no_longer_here(message)  # it will not run here: not in flight here either
         assert self._tg is not None
         payload = wake_payload(actor_key, message.workflow_id, watched=watched)
         self._tg.start_soon(self._send_wake, payload)
@@ -759,6 +757,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         else:
             self._scheduled.pop(message.workflow_id, None)
             self._watched.discard(message.workflow_id)
+        self._no_longer_here(message)
+
+    def _no_longer_here(self, message: Run) -> None:
+        """An accepted command's message left this node (handled, or sent to its
+        owner): it no longer counts against the in-flight bound here."""
         if message.external:
             self._in_flight -= 1
             self._fresh.pop(message.workflow_id, None)
