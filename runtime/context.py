@@ -19,6 +19,7 @@ import msgspec
 
 from journal import (
     Batch,
+    IntegrityError,
     Journal,
     JournalUnavailableError,
     NewWorkflow,
@@ -238,7 +239,9 @@ class WorkflowContext:
         )
         try:
             await self._commit(record, documents=tuple(writes.documents), events=events)
-        except Exception as exc:
+        except IntegrityError as exc:
+            # The write's own fault, so it is recorded. Anything else (a lost lease)
+            # says nothing about the write, and a failed record would not commit either.
             failed = self._record(
                 seq, name, "write", "failed", 1, record.started_at,
                 error=f"{type(exc).__name__}: {exc}", finished=True,

@@ -434,3 +434,30 @@ async def test_commands_before_the_runtime_opens_are_refused(journal: Journal) -
         await rt.signal("wf", "go")
     with pytest.raises(OverloadedError, match="not accepting"):
         await rt.start_workflow("flow", None, actor_key="a:1")
+
+
+async def test_a_write_that_breaks_a_unique_key_is_recorded_failed_and_writes_nothing(
+    journal: Journal,
+) -> None:
+    def claim(db: Any, owner: str) -> None:
+        db.put("handle", owner, {"owner": owner}, unique_key="@ada")
+        db.emit({"claimed": owner})
+
+    async def flow(ctx: WorkflowContext, owner: str) -> None:
+        await ctx.write("claim", claim, owner)
+
+    async with Runtime(journal) as rt:
+        rt.register(flow)
+        first, _ = await rt.start_workflow("flow", "a", actor_key="a:1")
+        second, _ = await rt.start_workflow("flow", "b", actor_key="b:1")
+        done = [await rt.wait_for_finish(w.id, 5) for w in (first, second)]
+    # Two actors race for the key; exactly one wins.
+    outcome = {d.actor_key: d for d in done if d is not None}
+    assert sorted(d.status for d in outcome.values()) == ["completed", "failed"]
+    winner = next(d for d in outcome.values() if d.status == "completed")
+    loser = next(d for d in outcome.values() if d.status == "failed")
+    steps = await journal.load_steps(loser.id)
+    assert [(s.name, s.status) for s in steps] == [("claim", "failed")]
+    assert "IntegrityError" in (steps[0].error or "")
+    assert [d.id for d in await journal.list_documents("handle")] == [winner.input]
+    assert await journal.read_events(loser.actor_key) == []
