@@ -856,8 +856,10 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     def child_started(self, child: NewWorkflow) -> None:
         self.metrics.workflows_started.labels(child.name).inc()
-        # Just committed with its parent's step, never run: no history to read.
-        self._deliver(child.actor_key, Run(workflow_id=child.id, row=_new_row(child)))
+        # Queued without its row: the child reads its own history when it runs. A
+        # parent replayed from a stale view could start it again (the insert is a
+        # no-op then), and the child must not believe it has never run.
+        self._deliver(child.actor_key, Run(workflow_id=child.id))
 
     def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
         self._timers.set(workflow_id, actor_key, fire_at)
