@@ -8,7 +8,7 @@ the runtime commits in one transaction with the step's completion.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -60,7 +60,7 @@ async def lookup_invite(db: Reader, command: InviteCustomer) -> InviteLookup:
     existing = await db.find(CUSTOMER, normalize_email(command.email))
     return InviteLookup(
         existing_customer_id=existing.id if existing is not None else None,
-        now=datetime.now(UTC),
+        now=db.now(),
         token=secrets.token_urlsafe(24),
     )
 

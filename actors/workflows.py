@@ -7,11 +7,11 @@ communicate -> return the invite result.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 
-from runtime import RetryPolicy, Runtime, WorkflowContext, WriteSet, current_step
+from runtime import Reader, RetryPolicy, Runtime, WorkflowContext, WriteSet, current_step
 
 from .communication import Communicator, OutboxCommunicator, OutgoingMessage
 from .identity import customer_actor_key, customer_id_for
@@ -57,10 +57,6 @@ DELIVERY_RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.2, max_backoff=30
 def verify_event_key(request_id: str) -> str:
     """The workflow event that answers one verification request."""
     return f"verify:{request_id}"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Onboarding:
@@ -158,7 +154,7 @@ class Onboarding:
     ) -> str:
         """Record the message, deliver it (at least once, one idempotency key), mark it."""
         recorded = await ctx.step("communicate.prepare", self._prepare, ctx.workflow_id,
-                                  request, effect=False)
+                                  request, ctx.reader, effect=False)
         await ctx.write("communicate.record", _write_message, recorded)
         status = await ctx.step(
             "communicate.deliver", self._deliver, recorded, request, retry=DELIVERY_RETRY
@@ -171,13 +167,13 @@ class Onboarding:
         return status
 
     @staticmethod
-    def _prepare(message_id: str, request: CommunicationRequest) -> MessageRecorded:
+    def _prepare(message_id: str, request: CommunicationRequest, db: Reader) -> MessageRecorded:
         return MessageRecorded(
             message_id=message_id, customer_id=request.customer_id, type=request.type,
             email=request.email, token=request.token,
             # The delivery step is the one after the record step: its key is stable.
             idempotency_key=f"{message_id}:{current_step().seq + 2}",
-            recorded_at=_utcnow(),
+            recorded_at=db.now(),
         )
 
     async def _deliver(self, recorded: MessageRecorded, request: CommunicationRequest) -> str:

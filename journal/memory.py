@@ -36,10 +36,6 @@ from .records import (
 __all__ = ["MemoryJournal"]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class _Lease(NamedTuple):
     owner: str
     epoch: int
@@ -76,6 +72,10 @@ class MemoryJournal(Journal):
         self._signal_ids = itertools.count(1)
         self._dead_letters: dict[int, DeadLetter] = {}
         self._dead_letter_ids = itertools.count(1)
+
+    def _now(self) -> datetime:
+        """Wall time on the journal's clock (PostgreSQL's now())."""
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
         async with self._lock:
@@ -239,7 +239,7 @@ class MemoryJournal(Journal):
             raise IntegrityError("workflows_idempotency_key", f"idempotency key {key!r} is taken")
 
     def _apply(self, batch: Batch) -> None:
-        now = _now()
+        now = self._now()
         for wf in batch.workflows:
             self._insert_workflow(wf, now)
         for step in batch.steps:
@@ -293,7 +293,7 @@ class MemoryJournal(Journal):
                 existing = self._workflows.get(existing_id) if existing_id else None
             if existing is not None:
                 return existing, False
-            return self._insert_workflow(workflow, _now()), True
+            return self._insert_workflow(workflow, self._now()), True
 
     # -- workflows --------------------------------------------------------
 
@@ -391,7 +391,7 @@ class MemoryJournal(Journal):
                 if current.status in FINISHED_STATUSES:
                     continue
                 self._workflows[current.id] = msgspec.structs.replace(
-                    current, cancel_requested=True, updated_at=_now()
+                    current, cancel_requested=True, updated_at=self._now()
                 )
                 marked.append(current.id)
                 pending.extend(r for r in self._workflows.values() if r.parent_id == current.id)
@@ -407,7 +407,7 @@ class MemoryJournal(Journal):
                 if step.status == "failed":
                     steps[seq] = msgspec.structs.replace(step, status="retrying")
             self._workflows[workflow_id] = msgspec.structs.replace(
-                row, status="pending", error=None, updated_at=_now()
+                row, status="pending", error=None, updated_at=self._now()
             )
 
     # -- signals and workflow events ----------------------------------------
@@ -420,7 +420,7 @@ class MemoryJournal(Journal):
                 workflow_id=workflow_id,
                 name=name,
                 payload=payload,
-                created_at=_now(),
+                created_at=self._now(),
             )
             self._signals[signal.id] = signal
             return signal
@@ -474,7 +474,7 @@ class MemoryJournal(Journal):
             self._check_unique_keys(kind, documents)
             for key in [k for k in self._documents if k[0] == kind]:
                 del self._documents[key]
-            now = _now()
+            now = self._now()
             for doc in documents:
                 self._documents[(kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
 
@@ -498,7 +498,7 @@ class MemoryJournal(Journal):
             actor_key=actor_key,
             message=message,
             error=error,
-            created_at=_now(),
+            created_at=self._now(),
         )
         self._dead_letters[letter.id] = letter
         return letter
@@ -514,6 +514,6 @@ class MemoryJournal(Journal):
         letter = self._dead_letters.get(letter_id)
         if letter is None or letter.redelivered_at is not None:
             return None
-        taken = msgspec.structs.replace(letter, redelivered_at=_now())
+        taken = msgspec.structs.replace(letter, redelivered_at=self._now())
         self._dead_letters[letter_id] = taken
         return taken

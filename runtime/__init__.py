@@ -3,6 +3,7 @@
 Import from here; the modules behind it are private.
 """
 
+from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock
 from .context import StepInfo, Wakeup, WorkflowContext, current_step
 from .errors import (
     NonDeterminismError,
@@ -32,6 +33,10 @@ from .tracing import (
 )
 
 __all__ = [
+    "SYSTEM_CLOCK",
+    "Clock",
+    "LoopClock",
+    "SystemClock",
     "DEFAULT_RETRY",
     "NO_RETRY",
     "CrashingJournal",

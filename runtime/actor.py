@@ -12,7 +12,6 @@ actor carries on.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -56,6 +55,10 @@ class ActorHost:
         """Start an actor's task in the runtime's task group."""
         raise NotImplementedError
 
+    def monotonic(self) -> float:
+        """The runtime clock's monotonic reading (idle time counts on it)."""
+        raise NotImplementedError
+
 
 class Actor:
     """One key's actor. Created by the runtime on the first message for the key."""
@@ -89,7 +92,7 @@ class Actor:
         self.current: str | None = None
         self.epoch: int | None = None  # the partition lease it runs under (set by the host)
         self.running = False
-        self.idle_since = time.monotonic()
+        self.idle_since = host.monotonic()
 
     # -- the mailbox ---------------------------------------------------------
 
@@ -153,7 +156,7 @@ class Actor:
         finally:
             self._scope = None
             self.running = False
-            self.idle_since = time.monotonic()
+            self.idle_since = self._host.monotonic()
             if self._stopped:
                 self._drop_queued()
 

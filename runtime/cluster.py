@@ -23,7 +23,6 @@ import hashlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Final, Protocol
 
@@ -33,6 +32,8 @@ from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from journal import PARTITION_COUNT, ClusterView, Journal, JournalUnavailableError
+
+from .clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
     "ClusterHost",
@@ -228,7 +229,9 @@ class LeaseManager:
         settings: ClusterSettings,
         host: ClusterHost,
         registry: CollectorRegistry,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self.journal = journal
         self.node_id = node_id
         self.settings = settings
@@ -237,7 +240,7 @@ class LeaseManager:
         self.metrics = _Metrics(registry, self)
         self._kicked = anyio.Event()
         self._scope = anyio.CancelScope()
-        self._renewed_at = time.monotonic()
+        self._renewed_at = self._clock.monotonic()
 
     # -- life cycle ---------------------------------------------------------
 
@@ -294,7 +297,7 @@ class LeaseManager:
 
     async def tick(self) -> ClusterView:
         """Heartbeat, renew, release the surplus, acquire what is missing."""
-        began = time.monotonic()
+        began = self._clock.monotonic()
         ttl = self.settings.lease_ttl
         view = await self.journal.heartbeat(self.node_id, ttl,
                                             stale_after=self.settings.stale_after)
@@ -355,7 +358,7 @@ class LeaseManager:
     def _unreachable(self, exc: JournalUnavailableError) -> None:
         # Without a renewal for a whole TTL, the leases may be someone else's
         # already: stop writing for them (the fence would refuse it anyway).
-        silent = time.monotonic() - self._renewed_at
+        silent = self._clock.monotonic() - self._renewed_at
         _log.warning("node %s could not heartbeat (%s)", self.node_id, exc)
         if silent > self.settings.lease_ttl:
             self.lost(list(self.host.owned()), f"no lease renewed for {silent:.1f} s")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, overload
 
 import anyio
@@ -29,6 +29,7 @@ from journal import (
     WorkflowRow,
 )
 
+from .clock import Clock
 from .codec import from_json_value, return_type_of, to_json_value
 from .errors import NonDeterminismError, NonRetryableError, StepFailedError, WorkflowCancelledError
 from .policy import DEFAULT_RETRY, RetryPolicy
@@ -75,6 +76,7 @@ class RunHost(Protocol):
     """What a context needs from the runtime hosting it."""
 
     journal: Journal
+    clock: Clock
 
     async def commit(self, batch: Batch) -> None: ...
     def epoch_of(self, partition: int) -> int: ...
@@ -88,14 +90,12 @@ class RunHost(Protocol):
     def partition_of(self, actor_key: str) -> int: ...
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _attempt(attempt: int, began: datetime, error: str | None) -> dict[str, Any]:
+def _attempt(
+    attempt: int, began: datetime, finished: datetime, error: str | None
+) -> dict[str, Any]:
     """One try of a step, as kept in its record's history."""
     return {"attempt": attempt, "started_at": began.isoformat(),
-            "finished_at": _now().isoformat(), "error": error}
+            "finished_at": finished.isoformat(), "error": error}
 
 
 class WorkflowContext:
@@ -110,7 +110,8 @@ class WorkflowContext:
         self._deferred: list[StepRecord] = []
         self._deferred_children: list[NewWorkflow] = []
         self._deferred_events: list[WorkflowEventRecord] = []
-        self.reader = Reader(host.journal)
+        self._now = host.clock.now
+        self.reader = Reader(host.journal, host.clock)
 
     @property
     def workflow_id(self) -> str:
@@ -169,12 +170,12 @@ class WorkflowContext:
         attempt: int,
         recorded: StepRecord | None,
     ) -> Any:
-        started_at = recorded.started_at if recorded is not None else _now()
+        started_at = recorded.started_at if recorded is not None else self._now()
         last_error = recorded.error if recorded is not None else None
         # Every failed attempt, so a timeline can draw each try (kept on the record).
         history: list[dict[str, Any]] = list(recorded.history or []) if recorded else []
         while True:
-            attempt_began = _now()
+            attempt_began = self._now()
             if effect:
                 await self._write_step(seq, name, "started", attempt, started_at,
                                        error=last_error, history=history or None)
@@ -190,7 +191,7 @@ class WorkflowContext:
             except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
-                history.append(_attempt(attempt, attempt_began, last_error))
+                history.append(_attempt(attempt, attempt_began, self._now(), last_error))
                 if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, attempt):
                     await self._write_step(seq, name, "failed", attempt, started_at,
                                            error=last_error, finished=True, history=history)
@@ -200,7 +201,7 @@ class WorkflowContext:
                 continue
             self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
             if history:
-                history.append(_attempt(attempt, attempt_began, None))
+                history.append(_attempt(attempt, attempt_began, self._now(), None))
             self._defer(self._record(
                 seq, name, "step", "completed", attempt, started_at,
                 output=to_json_value(result), error=last_error, finished=True,
@@ -235,7 +236,8 @@ class WorkflowContext:
         first_seq = await self._host.next_event_seq(self.actor_key)
         events = writes.domain_events(first_seq, self.workflow_id)
         record = self._record(
-            seq, name, "write", "completed", 1, _now(), output=to_json_value(result), finished=True
+            seq, name, "write", "completed", 1, self._now(), output=to_json_value(result),
+            finished=True,
         )
         try:
             await self._commit(record, documents=tuple(writes.documents), events=events)
@@ -253,7 +255,7 @@ class WorkflowContext:
 
     async def now(self) -> datetime:
         """The current time, journaled so a replay sees the same instant."""
-        return await self.step("now", _now, effect=False)
+        return await self.step("now", self._now, effect=False)
 
     # -- children and events -------------------------------------------------
 
@@ -275,7 +277,7 @@ class WorkflowContext:
             parent_id=self.workflow_id,
             trace_id=self._row.trace_id,
         )
-        record = self._record(seq, workflow, "child", "completed", 1, _now(), output=child.id,
+        record = self._record(seq, workflow, "child", "completed", 1, self._now(), output=child.id,
                               finished=True)
         # Deferred like a completion: the child row commits with the next write,
         # and the child is queued only after that commit.
@@ -289,7 +291,7 @@ class WorkflowContext:
         if recorded is not None and recorded.status == "completed":
             return
         value = to_json_value(value)
-        record = self._record(seq, key, "event", "completed", 1, _now(), output=value,
+        record = self._record(seq, key, "event", "completed", 1, self._now(), output=value,
                               finished=True)
         # Deferred like a completion: callers hear of it once the next write commits.
         self._defer(record)
@@ -315,7 +317,7 @@ class WorkflowContext:
         if recorded is not None and recorded.status == "completed":
             return msgspec.convert(recorded.output, Wakeup)
         self._check_cancelled()
-        started_at = recorded.started_at if recorded is not None else _now()
+        started_at = recorded.started_at if recorded is not None else self._now()
         fire_at = recorded.fire_at if recorded is not None else None
         if recorded is None and timeout is not None:
             fire_at = started_at + timedelta(seconds=timeout)
@@ -329,7 +331,7 @@ class WorkflowContext:
                 return await self._wake(
                     seq, step_name, started_at, fire_at, found.payload, found.id
                 )
-        if fire_at is not None and _now() >= fire_at:
+        if fire_at is not None and self._now() >= fire_at:
             return await self._wake(seq, step_name, started_at, fire_at, None, None)
         if recorded is None:
             record = self._record(seq, step_name, "wait", "started", 1, started_at,
@@ -374,7 +376,7 @@ class WorkflowContext:
         return StepRecord(
             workflow_id=self.workflow_id, seq=seq, name=name, kind=kind, status=status,
             attempt=attempt, input=input, output=output, error=error, started_at=started_at,
-            finished_at=_now() if finished else None, fire_at=fire_at, history=history,
+            finished_at=self._now() if finished else None, fire_at=fire_at, history=history,
         )
 
     async def _write_step(

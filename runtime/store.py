@@ -7,12 +7,14 @@ step either happened entirely (and is never run again) or not at all.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from journal import Document, DomainEvent, Journal
 
+from .clock import SYSTEM_CLOCK, Clock
 from .codec import to_json_value
 
 __all__ = ["Reader", "WriteSet", "event_type_of"]
@@ -30,8 +32,13 @@ def event_type_of(event: Any) -> str:
 class Reader:
     """Read-only access to documents and the event log, for `lookup` functions."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, clock: Clock = SYSTEM_CLOCK) -> None:
         self._journal = journal
+        self._clock = clock
+
+    def now(self) -> datetime:
+        """The runtime's clock: a lookup's reading of the time (journaled with it)."""
+        return self._clock.now()
 
     async def get(self, kind: str, doc_id: str) -> Any:
         """The document's data, or None."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -32,6 +31,7 @@ from journal import (
 )
 
 from .actor import Actor, ActorHost, Run
+from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import (
     ClusterHost,
     ClusterSettings,
@@ -89,9 +89,8 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ready: bool
 
 
-def _new_row(new: NewWorkflow) -> WorkflowRow:
+def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
     """The row of a workflow this runtime has just written, without reading it back."""
-    now = datetime.now(UTC)
     return WorkflowRow(
         id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
         status="pending", input=new.input, idempotency_key=new.idempotency_key,
@@ -176,8 +175,12 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         registry: CollectorRegistry | None = None,
         heartbeat_interval: float | None = None,
         lease_ttl: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        new_id: Callable[[], str] = new_id,
     ) -> None:
         self.journal = journal
+        self.clock = clock
+        self._new_id = new_id
         self.node_id = node_id or default_node_id()
         self.metrics = RuntimeMetrics(registry or CollectorRegistry())
         self.metrics.watch(lambda: len(self._actors), self._mailbox_depth)
@@ -197,7 +200,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._signals_seen = 0
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
-            self, self.metrics.registry,
+            self, self.metrics.registry, clock,
         )
         self._in_flight = 0
         self._cancelling: set[str] = set()
@@ -213,7 +216,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._recovery_reads = 0
         self._ran_during_recovery: set[str] = set()
         self._finish_listeners: list[Callable[[WorkflowRow], None]] = []
-        self._timers = TimerService(self._timer_fired)
+        self._timers = TimerService(self._timer_fired, clock)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._accepting = False
@@ -396,14 +399,14 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             raise UnknownWorkflowTypeError(name, list(self._workflows))
         self._check_capacity(actor_key)
         new = NewWorkflow(
-            id=workflow_id or uuid.uuid4().hex,
+            id=workflow_id or self._new_id(),
             name=name,
             actor_key=actor_key,
             partition=partition_of(actor_key),
             input=to_json_value(input),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
-            trace_id=trace_id or uuid.uuid4().hex,
+            trace_id=trace_id or self._new_id(),
         )
         self._in_flight += 1
         try:
@@ -429,7 +432,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             return await self.journal.create_workflow(new)
         # A fresh random id cannot collide: a plain (group-committed) append will do.
         await self.journal.append(Batch(partition=new.partition, epoch=None, workflows=(new,)))
-        return _new_row(new), True
+        return _new_row(new, self.clock.now()), True
 
     def _check_open(self) -> None:
         if not self._accepting:
@@ -610,6 +613,9 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         assert self._tg is not None
         self._tg.start_soon(run)
 
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
     async def _passivate_idle(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -620,7 +626,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             return
         while True:
             await anyio.sleep(max(self._idle_timeout / 4, 0.01))
-            now = time.monotonic()
+            now = self.clock.monotonic()
             idle = [key for key, actor in self._actors.items()
                     if actor.idle_for(now) >= self._idle_timeout]
             for key in idle:
@@ -704,10 +710,10 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         await ctx.finish(outcome, result=result, error=error)
         self._cancelling.discard(row.id)
         self.metrics.workflows_finished.labels(row.name, outcome).inc()
-        elapsed = (datetime.now(row.created_at.tzinfo) - row.created_at).total_seconds()
+        elapsed = (self.clock.now() - row.created_at).total_seconds()
         self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
         self._finished(msgspec.structs.replace(
-            row, status=outcome, result=result, error=error, updated_at=datetime.now(UTC)
+            row, status=outcome, result=result, error=error, updated_at=self.clock.now()
         ))
 
     def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import anyio
 from anyio.abc import TaskStatus
+
+from .clock import Clock
 
 __all__ = ["TimerService"]
 
@@ -20,8 +22,9 @@ class TimerService:
     timer again every time it reaches the wait.
     """
 
-    def __init__(self, fire: Callable[[str, str], None]) -> None:
+    def __init__(self, fire: Callable[[str, str], None], clock: Clock) -> None:
         self._fire = fire
+        self._clock = clock
         self._heap: list[tuple[float, int, str, str]] = []
         self._set: dict[str, float] = {}
         self._order = itertools.count()
@@ -44,12 +47,12 @@ class TimerService:
         while True:
             self._fire_due()
             self._changed = anyio.Event()
-            delay = self._heap[0][0] - datetime.now(UTC).timestamp() if self._heap else None
+            delay = self._heap[0][0] - self._clock.now().timestamp() if self._heap else None
             with anyio.move_on_after(delay):
                 await self._changed.wait()
 
     def _fire_due(self) -> None:
-        now = datetime.now(UTC).timestamp()
+        now = self._clock.now().timestamp()
         while self._heap and self._heap[0][0] <= now:
             due, _, workflow_id, actor_key = heapq.heappop(self._heap)
             if self._set.get(workflow_id) == due:
