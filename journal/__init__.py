@@ -12,6 +12,7 @@ from .errors import (
     InvalidTransitionError,
     JournalError,
     JournalUnavailableError,
+    StaleRunError,
     WorkflowNotFoundError,
 )
 from .memory import MemoryJournal
@@ -24,6 +25,7 @@ from .records import (
     Document,
     DomainEvent,
     NewWorkflow,
+    RunFence,
     Signal,
     StatusChange,
     StepRecord,
@@ -52,7 +54,9 @@ __all__ = [
     "NewWorkflow",
     "PartitionLease",
     "PostgresJournal",
+    "RunFence",
     "Signal",
+    "StaleRunError",
     "StatusChange",
     "StepRecord",
     "WaitingStep",

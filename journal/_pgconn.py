@@ -16,7 +16,13 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import FencedError, IntegrityError, JournalUnavailableError, WorkflowNotFoundError
+from .errors import (
+    FencedError,
+    IntegrityError,
+    JournalUnavailableError,
+    StaleRunError,
+    WorkflowNotFoundError,
+)
 
 __all__ = ["Conn", "Pool", "boundary", "create_pool", "translated"]
 
@@ -81,9 +87,10 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     still rolls back an open transaction (a cancelled call) before this runs."""
 
 
-# SQLSTATEs raised by retinue_append (migration 2); asyncpg has no class for them.
+# SQLSTATEs raised by retinue_append (migrations 2 and 4); asyncpg has no class for them.
 _STALE_LEASE: Final = "RF001"
 _UNKNOWN_WORKFLOW: Final = "RF002"
+_STALE_RUN: Final = "RF003"
 
 
 def _own_error(exc: asyncpg.PostgresError) -> Exception | None:
@@ -95,6 +102,8 @@ def _own_error(exc: asyncpg.PostgresError) -> Exception | None:
         return FencedError(int(partition), int(epoch))
     if code == _UNKNOWN_WORKFLOW:
         return WorkflowNotFoundError(detail)
+    if code == _STALE_RUN:
+        return StaleRunError(detail, getattr(exc, "message", "") or str(exc))
     return None
 
 

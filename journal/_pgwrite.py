@@ -1,19 +1,23 @@
 """The PostgreSQL write path: several batches, one statement, one transaction.
 
 The group-commit writer hands `append_batches` everything that queued up during
-the previous commit; the `retinue_append` function (migration 2) checks the
-leases and writes every part, so a group costs one round trip and one fsync.
+the previous commit. The group travels as ONE jsonb document (`_Group`, encoded
+by msgspec through the pool's jsonb codec) to the `retinue_append` function
+(migration 4), which checks the leases, the run fences and the step and status
+guards, then writes every part: one round trip, one fsync. Python and SQL meet
+by field name, so a new column is one field here and one in the SQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 
 from ._pgconn import Conn
-from .records import Batch, Document, DomainEvent, NewWorkflow, StepRecord
+from .records import Batch, Document, NewWorkflow
 
 UPSERT_DOCUMENT: Final = """
 INSERT INTO documents (kind, id, data, unique_key, owner, updated_at)
@@ -23,55 +27,94 @@ ON CONFLICT (kind, id) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-_APPEND: Final = "SELECT retinue_append(" + ", ".join(f"${i}" for i in range(1, 45)) + ")"
+_APPEND: Final = "SELECT retinue_append($1::jsonb)"
+
+
+class _Lease(msgspec.Struct, frozen=True):
+    partition: int
+    epoch: int
+
+
+class _Step(msgspec.Struct, frozen=True, kw_only=True):
+    """A step record as retinue_append stores it: with its partition, the epoch
+    and the run it was written under."""
+
+    workflow_id: str
+    seq: int
+    partition: int
+    name: str
+    kind: str
+    status: str
+    attempt: int
+    input: Any
+    output: Any
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    fire_at: datetime | None
+    history: Any
+    epoch: int | None
+    run_id: str | None
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True):
+    actor_key: str
+    seq: int
+    type: str
+    payload: Any
+    workflow_id: str | None
+    partition: int
+    epoch: int | None
+
+
+class _Group(msgspec.Struct, frozen=True, kw_only=True):
+    """Every part of a group of batches, as retinue_append reads it."""
+
+    leases: list[_Lease]
+    runs: list[Any]
+    workflows: list[NewWorkflow]
+    steps: list[_Step]
+    statuses: list[Any]
+    events: list[_Event]
+    documents: list[Document]
+    workflow_events: list[Any]
+    consumed_signals: list[int]
 
 
 async def append_batches(conn: Conn, batches: Sequence[Batch]) -> None:
     """Write `batches` in ONE statement (the retinue_append function, one implicit
-    transaction and one round trip): lease check first, then every part.
+    transaction and one round trip): lease and run checks first, then every part.
     Raises asyncpg errors; `_pgconn.translated` turns them into the journal's."""
-    await conn.execute(_APPEND, *_append_args(batches))
+    await conn.execute(_APPEND, _group(batches))
 
 
-def _append_args(batches: Sequence[Batch]) -> list[Any]:
-    fenced = [b for b in batches if b.epoch is not None]
-    workflows = [_json_at(workflow_args(wf), 4) for b in batches for wf in b.workflows]
-    steps = [_json_at(_step_args(step, b.partition), 7, 8, 13)
-             for b in batches for step in b.steps]
-    changes = [(c.workflow_id, c.status, _json(c.result), c.error)
-               for b in batches for c in b.statuses]
-    events = [_json_at(_event_args(e, b.partition), 3) for b in batches for e in b.events]
-    documents = [_json_at(document_args(d), 2) for b in batches for d in b.documents]
-    wf_events = [(e.workflow_id, e.key, _json(e.value))
-                 for b in batches for e in b.workflow_events]
-    consumed = [signal_id for b in batches for signal_id in b.consumed_signals]
-    return [
-        [b.partition for b in fenced], [b.epoch for b in fenced],
-        *_columns(workflows, 9), *_columns(steps, 14), *_columns(changes, 4),
-        *_columns(events, 6), *_columns(documents, 5), *_columns(wf_events, 3), consumed,
-    ]
+def _group(batches: Sequence[Batch]) -> _Group:
+    return _Group(
+        leases=[_Lease(b.partition, b.epoch) for b in batches if b.epoch is not None],
+        runs=[b.run for b in batches if b.run is not None],
+        workflows=[wf for b in batches for wf in b.workflows],
+        steps=[_step(step, b) for b in batches for step in b.steps],
+        statuses=[change for b in batches for change in b.statuses],
+        events=[
+            _Event(actor_key=e.actor_key, seq=e.seq, type=e.type, payload=e.payload,
+                   workflow_id=e.workflow_id, partition=b.partition, epoch=b.epoch)
+            for b in batches for e in b.events
+        ],
+        documents=[doc for b in batches for doc in b.documents],
+        workflow_events=[e for b in batches for e in b.workflow_events],
+        consumed_signals=[signal_id for b in batches for signal_id in b.consumed_signals],
+    )
 
 
-_ENCODER: Final = msgspec.json.Encoder()
-
-
-def _json(value: Any) -> str | None:
-    """A JSON value as text for retinue_append; None stays SQL NULL, as the codec does."""
-    return None if value is None else _ENCODER.encode(value).decode()
-
-
-def _json_at(row: tuple[Any, ...], *positions: int) -> tuple[Any, ...]:
-    fields = list(row)
-    for i in positions:
-        fields[i] = _json(fields[i])
-    return tuple(fields)
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows to one array per column, as unnest() takes them back."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
+def _step(step: Any, batch: Batch) -> _Step:
+    return _Step(
+        workflow_id=step.workflow_id, seq=step.seq, partition=batch.partition,
+        name=step.name, kind=step.kind, status=step.status, attempt=step.attempt,
+        input=step.input, output=step.output, error=step.error,
+        started_at=step.started_at, finished_at=step.finished_at, fire_at=step.fire_at,
+        history=step.history, epoch=batch.epoch,
+        run_id=batch.run.run_id if batch.run is not None else None,
+    )
 
 
 def workflow_args(wf: NewWorkflow) -> tuple[Any, ...]:
@@ -86,36 +129,6 @@ def workflow_args(wf: NewWorkflow) -> tuple[Any, ...]:
         wf.request_hash,
         wf.parent_id,
         wf.trace_id,
-    )
-
-
-def _step_args(step: StepRecord, partition: int) -> tuple[Any, ...]:
-    return (
-        step.workflow_id,
-        step.seq,
-        partition,
-        step.name,
-        step.kind,
-        step.status,
-        step.attempt,
-        step.input,
-        step.output,
-        step.error,
-        step.started_at,
-        step.finished_at,
-        step.fire_at,
-        step.history,
-    )
-
-
-def _event_args(event: DomainEvent, partition: int) -> tuple[Any, ...]:
-    return (
-        event.actor_key,
-        event.seq,
-        event.type,
-        event.payload,
-        event.workflow_id,
-        partition,
     )
 
 

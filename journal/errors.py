@@ -7,6 +7,7 @@ __all__ = [
     "JournalUnavailableError",
     "IntegrityError",
     "FencedError",
+    "StaleRunError",
     "WorkflowNotFoundError",
     "InvalidTransitionError",
     "EmbeddedPostgresError",
@@ -44,6 +45,20 @@ class FencedError(JournalError):
         super().__init__(
             f"partition {partition} is no longer owned at epoch {epoch}; another node took it "
             "over, so this node must stop its actors for that partition"
+        )
+
+
+class StaleRunError(JournalError):
+    """The journal refused a batch that would rewrite a workflow's history: another
+    run holds the workflow, a step record it carries is behind the stored one, or
+    the workflow has finished. Nothing of the batch was written."""
+
+    def __init__(self, workflow_id: str, detail: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"{detail}. Workflow {workflow_id!r} has moved on without this run (another "
+            "run holds it, or it has finished), so this run must stop and the workflow "
+            "continue from what the journal holds"
         )
 
 

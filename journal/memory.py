@@ -11,14 +11,20 @@ import itertools
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
 from .base import ClusterView, Journal, PartitionLease, WaitingStep
-from .errors import FencedError, IntegrityError, InvalidTransitionError, WorkflowNotFoundError
+from .errors import (
+    FencedError,
+    IntegrityError,
+    InvalidTransitionError,
+    StaleRunError,
+    WorkflowNotFoundError,
+)
 from .records import (
     FINISHED_STATUSES,
     PARTITION_COUNT,
@@ -27,6 +33,7 @@ from .records import (
     Document,
     DomainEvent,
     NewWorkflow,
+    RunFence,
     Signal,
     StepRecord,
     WorkflowPage,
@@ -47,17 +54,54 @@ class _Node(NamedTuple):
     expires_at: float
 
 
+# What an append may set a workflow's status to (pending only by an operator's retry).
+_APPENDABLE_STATUSES: Final = frozenset(
+    {"running", "waiting", "parked", "completed", "failed", "cancelled"}
+)
+
+
+def _check_run(run: RunFence | None, row: WorkflowRow | None) -> None:
+    """The run fence: `run` holds the workflow, or may claim it from `previous`."""
+    if run is None:
+        return
+    if row is not None and (row.run_id == run.run_id or (
+            row.run_id == run.previous and row.status not in FINISHED_STATUSES)):
+        return
+    holder = "none" if row is None or row.run_id is None else row.run_id
+    status = "missing" if row is None else row.status
+    raise StaleRunError(
+        run.workflow_id,
+        f"workflow {run.workflow_id} is held by another run ({holder}; status {status})",
+    )
+
+
+def _moves_forward(stored: StepRecord, new: StepRecord, run_id: str | None) -> bool:
+    """The step guard: may `new` (written by `run_id`) replace `stored`?"""
+    if stored.run_id == run_id and (stored.status, stored.attempt) == (new.status, new.attempt):
+        return True  # the same write again
+    if stored.status in ("started", "retrying") and new.attempt > stored.attempt:
+        return True
+    return (
+        stored.status == "started" and new.attempt == stored.attempt
+        and new.status in ("completed", "failed")
+        and (stored.run_id == run_id or stored.kind == "wait")
+    )
+
+
 class MemoryJournal(Journal):
     """A journal that lives in memory; everything is lost with the process.
 
-    `clock` (seconds, default time.time) stands for the database clock of leases
-    and node heartbeats. Several Runtimes in one process may share one instance:
+    `clock` (seconds, default time.time) stands for the database clock of leases,
+    node heartbeats and row timestamps. Several Runtimes in one process may share one instance:
     it is their PostgreSQL, wake-ups included.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, guards: bool = True) -> None:
         self._lock = anyio.Lock()
         self._clock = clock
+        # Test-only switch: False drops the run fence and the step and status
+        # guards (to show that the simulation catches what they stop).
+        self._guards = guards
         self._leases = {p: _Lease("", 0, None) for p in range(PARTITION_COUNT)}
         self._nodes: dict[str, _Node] = {}
         self._attached: dict[str, list[Callable[[str], None]]] = {}
@@ -193,6 +237,11 @@ class MemoryJournal(Journal):
     async def append(self, batch: Batch) -> None:
         async with self._lock:
             self._check_lease(batch.partition, batch.epoch)
+            if self._guards:
+                _check_run(batch.run, self._workflows.get(batch.run.workflow_id)
+                           if batch.run is not None else None)
+                self._check_steps(batch)
+                self._check_statuses(batch)
             self._check_integrity(batch)
             self._apply(batch)
 
@@ -200,10 +249,43 @@ class MemoryJournal(Journal):
         if epoch is not None and self._leases[partition].epoch != epoch:
             raise FencedError(partition, epoch)
 
+    def _check_steps(self, batch: Batch) -> None:
+        run_id = batch.run.run_id if batch.run is not None else None
+        for step in batch.steps:
+            stored = self._steps.get(step.workflow_id, {}).get(step.seq)
+            if stored is not None and not _moves_forward(stored, step, run_id):
+                raise StaleRunError(
+                    step.workflow_id,
+                    f"step {step.seq} of workflow {step.workflow_id} is {stored.status} "
+                    f"(attempt {stored.attempt}): refusing {step.status} (attempt {step.attempt})",
+                )
+
+    def _check_statuses(self, batch: Batch) -> None:
+        created = {wf.id for wf in batch.workflows}
+        for change in batch.statuses:
+            if change.workflow_id in created and change.workflow_id not in self._workflows:
+                continue  # pending until this batch: any move is legal
+            row = self._require(change.workflow_id)
+            if change.status not in _APPENDABLE_STATUSES or (
+                row.status in FINISHED_STATUSES and row.status != change.status
+            ):
+                raise StaleRunError(
+                    row.id, f"workflow {row.id} is {row.status}: it cannot move to {change.status}"
+                )
+
+    def _is_stored(self, event: DomainEvent) -> bool:
+        """The very event is in the log already (a batch appended again)."""
+        stored = self._events.get(event.actor_key, {}).get(event.seq)
+        return stored is not None and (stored.workflow_id, stored.type, stored.payload) == (
+            event.workflow_id, event.type, event.payload
+        )
+
     def _check_integrity(self, batch: Batch) -> None:
         appended: set[tuple[str, int]] = set()
         for event in batch.events:
             key = (event.actor_key, event.seq)
+            if self._is_stored(event):
+                continue
             if key in appended or event.seq in self._events.get(event.actor_key, {}):
                 raise IntegrityError(
                     "events_pkey", f"event {event.seq} of {event.actor_key!r} already exists"
@@ -242,20 +324,30 @@ class MemoryJournal(Journal):
         now = self._now()
         for wf in batch.workflows:
             self._insert_workflow(wf, now)
+        run_id = batch.run.run_id if batch.run is not None else None
+        if batch.run is not None:
+            row = self._workflows[batch.run.workflow_id]
+            self._workflows[row.id] = msgspec.structs.replace(row, run_id=run_id)
         for step in batch.steps:
-            self._steps.setdefault(step.workflow_id, {})[step.seq] = step
+            self._steps.setdefault(step.workflow_id, {})[step.seq] = msgspec.structs.replace(
+                step, run_id=run_id
+            )
         for change in batch.statuses:
             row = self._require(change.workflow_id)
+            if row.status in FINISHED_STATUSES and self._guards:
+                continue  # the same end again: a no-op
             self._workflows[row.id] = msgspec.structs.replace(
                 row, status=change.status, result=change.result, error=change.error, updated_at=now
             )
         for event in batch.events:
+            if self._is_stored(event):
+                continue
             stamped = msgspec.structs.replace(event, created_at=now)
             self._events.setdefault(event.actor_key, {})[event.seq] = stamped
         for doc in batch.documents:
             self._documents[(doc.kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
-        for wf_event in batch.workflow_events:
-            self._workflow_events[(wf_event.workflow_id, wf_event.key)] = wf_event.value
+        for wf_event in batch.workflow_events:  # the first value stays
+            self._workflow_events.setdefault((wf_event.workflow_id, wf_event.key), wf_event.value)
         for signal_id in batch.consumed_signals:
             if signal_id in self._signals:
                 self._signals[signal_id] = msgspec.structs.replace(

@@ -51,11 +51,11 @@ _CLOSE_TIMEOUT: Final = 10.0
 _WORKFLOW_COLUMNS: Final = """
     id, position, name, actor_key, partition, status, input, result, error,
     idempotency_key, request_hash, parent_id, trace_id, cancel_requested,
-    created_at, updated_at
+    created_at, updated_at, run_id
 """
 _STEP_COLUMNS: Final = """
     workflow_id, seq, name, kind, status, attempt, input, output, error,
-    started_at, finished_at, fire_at, history
+    started_at, finished_at, fire_at, history, run_id
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 

@@ -21,6 +21,7 @@ __all__ = [
     "Document",
     "DomainEvent",
     "NewWorkflow",
+    "RunFence",
     "Signal",
     "StatusChange",
     "StepRecord",
@@ -66,6 +67,8 @@ class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     position: int = 0
+    # The run that holds the workflow now (see RunFence); None before its first.
+    run_id: str | None = None
 
 
 class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +99,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Earlier failed attempts, oldest first: [{"attempt", "started_at",
     # "finished_at", "error"}], so a timeline can draw every try.
     history: Any = None
+    # The run that wrote this record (its batch's RunFence); set by the journal.
+    run_id: str | None = None
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,17 +162,38 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     redelivered_at: datetime | None = None
 
 
+class RunFence(msgspec.Struct, frozen=True, kw_only=True):
+    """The run a batch is written by, and the workflow it runs.
+
+    A run is one execution of a workflow's code on one node, with a token
+    (`run_id`) never used again. Its batches commit only while the workflow is
+    held by that run: the first one claims it from `previous` (the holder the
+    run saw when it loaded the workflow, None for a new one); if anyone else
+    holds it by then, another run has moved it on and the batch is refused
+    whole (StaleRunError). The run then reloads the workflow from the journal.
+    """
+
+    workflow_id: str
+    run_id: str
+    previous: str | None = None
+
+
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one journal append writes, atomically: all of it or none.
 
     partition and epoch are the writer's lease on the actor's partition; the
     append commits only while that lease is current (the scale-out fence).
     epoch None writes without the fence: only for accepting new workflows,
-    which any node may do for any partition.
+    which any node may do for any partition. `run` fences a workflow run's
+    writes (RunFence): its step records and status changes.
+
+    Appending the very same batch again (an answer lost in an outage) is a
+    no-op: the journal finds its records already there, written by the same run.
     """
 
     partition: int
     epoch: int | None
+    run: RunFence | None = None
     workflows: tuple[NewWorkflow, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     statuses: tuple[StatusChange, ...] = ()

@@ -186,7 +186,8 @@ def colliding_document() -> Batch:
 
 
 def colliding_event() -> Batch:
-    return batch(events=(event("customer-1", 1),))
+    # Another event at a taken seq (the very same event again is a re-append: a no-op).
+    return batch(events=(event("customer-1", 1, type="Other"),))
 
 
 def colliding_idempotency_key() -> Batch:
@@ -194,7 +195,7 @@ def colliding_idempotency_key() -> Batch:
 
 
 def event_twice_in_one_batch() -> Batch:
-    return batch(events=(event("customer-9", 1), event("customer-9", 1)))
+    return batch(events=(event("customer-9", 1), event("customer-9", 1, type="Other")))
 
 
 @pytest.mark.parametrize(
@@ -583,9 +584,13 @@ async def test_workflow_events_are_published_by_key(journal: Journal) -> None:
     publish = WorkflowEventRecord(workflow_id="wf-1", key="result", value={"v": 1})
     await journal.append(batch(workflow_events=(publish,)))
     assert await journal.get_workflow_event("wf-1", "result") == (True, {"v": 1})
-    publish_null = WorkflowEventRecord(workflow_id="wf-1", key="result", value=None)
+    # Published is history: the same key again (a batch sent again) keeps the first value.
+    again = WorkflowEventRecord(workflow_id="wf-1", key="result", value={"v": 2})
+    await journal.append(batch(workflow_events=(again,)))
+    assert await journal.get_workflow_event("wf-1", "result") == (True, {"v": 1})
+    publish_null = WorkflowEventRecord(workflow_id="wf-1", key="nothing", value=None)
     await journal.append(batch(workflow_events=(publish_null,)))
-    assert await journal.get_workflow_event("wf-1", "result") == (True, None)
+    assert await journal.get_workflow_event("wf-1", "nothing") == (True, None)
     assert await journal.get_workflow_event("wf-1", "other") == (False, None)
 
 
