@@ -23,6 +23,7 @@ from journal import (
     Journal,
     JournalUnavailableError,
     NewWorkflow,
+    RunFence,
     StatusChange,
     StepRecord,
     WorkflowEventRecord,
@@ -101,9 +102,14 @@ def _attempt(
 class WorkflowContext:
     """Handed to a workflow function; every method is a durable step. Cancellable."""
 
-    def __init__(self, host: RunHost, row: WorkflowRow, history: dict[int, StepRecord]) -> None:
+    def __init__(
+        self, host: RunHost, row: WorkflowRow, history: dict[int, StepRecord], run_id: str
+    ) -> None:
         self._host = host
         self._row = row
+        # Every batch of this run carries its fence: the first claims the workflow
+        # from the run that held it when it was loaded, the next ones hold it.
+        self._run = RunFence(workflow_id=row.id, run_id=run_id, previous=row.run_id)
         self._history = history
         self._seq = 0
         self._status = row.status
@@ -156,7 +162,9 @@ class WorkflowContext:
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
-        attempt = 1 if recorded is None or recorded.status == "retrying" else recorded.attempt + 1
+        # Attempts only go up (the journal refuses a lower one): a crash mid-step
+        # spends one; an operator's retry starts a new round of the policy's tries.
+        attempt = 1 if recorded is None else recorded.attempt + 1
         return await self._attempts(seq, name, fn, args, retry, effect, attempt, recorded)
 
     async def _attempts(
@@ -172,6 +180,7 @@ class WorkflowContext:
     ) -> Any:
         started_at = recorded.started_at if recorded is not None else self._now()
         last_error = recorded.error if recorded is not None else None
+        first = attempt if recorded is not None and recorded.status == "retrying" else 1
         # Every failed attempt, so a timeline can draw each try (kept on the record).
         history: list[dict[str, Any]] = list(recorded.history or []) if recorded else []
         while True:
@@ -192,11 +201,12 @@ class WorkflowContext:
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
                 history.append(_attempt(attempt, attempt_began, self._now(), last_error))
-                if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, attempt):
+                tries = attempt - first + 1
+                if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, tries):
                     await self._write_step(seq, name, "failed", attempt, started_at,
                                            error=last_error, finished=True, history=history)
                     raise StepFailedError(self.workflow_id, seq, name, last_error) from exc
-                await anyio.sleep(retry.backoff(attempt))
+                await anyio.sleep(retry.backoff(tries))
                 attempt += 1
                 continue
             self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
@@ -235,8 +245,9 @@ class WorkflowContext:
         result = fn(writes, *args)
         first_seq = await self._host.next_event_seq(self.actor_key)
         events = writes.domain_events(first_seq, self.workflow_id)
+        attempt = 1 if recorded is None else recorded.attempt + 1  # retrying: a new attempt
         record = self._record(
-            seq, name, "write", "completed", 1, self._now(), output=to_json_value(result),
+            seq, name, "write", "completed", attempt, self._now(), output=to_json_value(result),
             finished=True,
         )
         try:
@@ -245,7 +256,7 @@ class WorkflowContext:
             # The write's own fault, so it is recorded. Anything else (a lost lease)
             # says nothing about the write, and a failed record would not commit either.
             failed = self._record(
-                seq, name, "write", "failed", 1, record.started_at,
+                seq, name, "write", "failed", attempt, record.started_at,
                 error=f"{type(exc).__name__}: {exc}", finished=True,
             )
             await self._commit(failed)
@@ -419,13 +430,15 @@ class WorkflowContext:
         children, events = tuple(self._deferred_children), tuple(self._deferred_events)
         partition = self._row.partition
         batch = Batch(
-            partition=partition, epoch=self._host.epoch_of(partition),
+            partition=partition, epoch=self._host.epoch_of(partition), run=self._run,
             steps=steps, statuses=statuses,
             workflows=(*parts.pop("workflows", ()), *children),
             workflow_events=(*parts.pop("workflow_events", ()), *events),
             **parts,
         )
         await self._host.commit(batch)
+        if self._run.previous != self._run.run_id:
+            self._run = msgspec.structs.replace(self._run, previous=self._run.run_id)
         self._deferred.clear()
         self._deferred_children.clear()
         self._deferred_events.clear()

@@ -12,6 +12,7 @@ __all__ = [
     "UnknownWorkflowTypeError",
     "WorkflowFailedError",
     "SimulatedCrash",
+    "RunSuperseded",
 ]
 
 
@@ -76,6 +77,16 @@ class WorkflowFailedError(RetinueError):
     def __init__(self, workflow_id: str, error: str | None) -> None:
         self.workflow_id = workflow_id
         super().__init__(f"workflow {workflow_id!r} failed: {error}")
+
+
+class RunSuperseded(BaseException):  # noqa: N818 - control flow, like Suspended
+    """Raised inside a workflow run whose append the journal refused: another run
+    has moved the workflow on (or it has finished). A BaseException so no workflow
+    code catches it on the way; the runtime reloads the workflow from the journal."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"another run has moved workflow {workflow_id!r} on")
 
 
 class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error, it stands for kill -9

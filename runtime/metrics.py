@@ -54,6 +54,13 @@ class RuntimeMetrics:
             "retinue_recovery_replays", "Workflows resumed by replay when the runtime opened.",
             registry=registry,
         )
+        self.duplicate_runs = Counter(
+            "retinue_duplicate_runs",
+            "Runs of a workflow the journal refused because another run had moved it on "
+            "(the run stopped and the workflow went on from the journal). 0 in a healthy "
+            "cluster: each one is a race that the database fence caught.",
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "retinue_dead_letters", "Messages moved to the dead letters.", registry=registry
         )

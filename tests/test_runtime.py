@@ -245,9 +245,11 @@ async def test_retries_then_fails_then_resumes_from_the_failed_step(journal: Jou
     assert done is not None and (done.status, done.result) == ("completed", 100)
     assert effects.count() == {"s0": 1, "s1": 1, "s2": 4, "s3": 1}
     retried = (await journal.load_steps(row.id))[2]
+    # Attempts only go up: the operator's retry is attempt 4 (a new round of tries).
     assert [(t["attempt"], t["error"] is None) for t in retried.history] == [
-        (1, False), (2, False), (3, False), (1, True),
+        (1, False), (2, False), (3, False), (4, True),
     ]
+    assert (retried.status, retried.attempt) == ("completed", 4)
 
 
 async def test_a_non_retryable_error_fails_the_step_at_once(journal: Journal) -> None:
