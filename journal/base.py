@@ -32,7 +32,8 @@ import msgspec
 
 
 class WaitingStep(msgspec.Struct, frozen=True, kw_only=True):
-    """A durable timer: a wait step that started and has not finished."""
+    """A durable timer: a wait step that started and has not finished, or a step
+    backing off before its next attempt."""
 
     workflow_id: str
     seq: int
@@ -180,10 +181,10 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def unfinished_workflows(
-        self, partitions: Collection[int] | None = None
+        self, partitions: Collection[int] | None = None, *, waiting: bool = True
     ) -> list[WorkflowRow]:
         """Every workflow whose status is not finished (of `partitions` when
-        given), oldest first."""
+        given; without the waiting ones unless `waiting`), oldest first."""
 
     @abc.abstractmethod
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:
@@ -196,8 +197,8 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
-        """Every durable timer not yet fired (wait steps started with a fire_at),
-        of the workflows of `partitions` when given."""
+        """Every durable timer not yet fired (wait steps started with a fire_at,
+        steps backing off), of the workflows of `partitions` when given."""
 
     @abc.abstractmethod
     async def request_cancel(self, workflow_id: str) -> list[str]:

@@ -75,15 +75,20 @@ def _check_run(run: RunFence | None, row: WorkflowRow | None) -> None:
     )
 
 
+def _is_timer(step: StepRecord) -> bool:
+    """A durable timer: a wait not yet ended, or a step backing off."""
+    return (step.kind == "wait" and step.status == "started") or step.status == "backoff"
+
+
 def _moves_forward(stored: StepRecord, new: StepRecord, run_id: str | None) -> bool:
     """The step guard: may `new` (written by `run_id`) replace `stored`?"""
     if stored.run_id == run_id and (stored.status, stored.attempt) == (new.status, new.attempt):
         return True  # the same write again
-    if stored.status in ("started", "retrying") and new.attempt > stored.attempt:
+    if stored.status in ("started", "retrying", "backoff") and new.attempt > stored.attempt:
         return True
     return (
         stored.status == "started" and new.attempt == stored.attempt
-        and new.status in ("completed", "failed")
+        and new.status in ("completed", "failed", "backoff")
         and (stored.run_id == run_id or stored.kind == "wait")
     )
 
@@ -438,10 +443,11 @@ class MemoryJournal(Journal):
         return sorted(found, key=lambda r: r.position)
 
     async def unfinished_workflows(
-        self, partitions: Collection[int] | None = None
+        self, partitions: Collection[int] | None = None, *, waiting: bool = True
     ) -> list[WorkflowRow]:
         wanted = None if partitions is None else set(partitions)
         found = [r for r in self._workflows.values() if r.status not in FINISHED_STATUSES
+                 and (waiting or r.status != "waiting")
                  and (wanted is None or r.partition in wanted)]
         return sorted(found, key=lambda r: r.position)
 
@@ -460,7 +466,7 @@ class MemoryJournal(Journal):
             if wanted is not None and row.partition not in wanted:
                 continue
             for step in steps.values():
-                if step.kind == "wait" and step.status == "started" and step.fire_at is not None:
+                if step.fire_at is not None and _is_timer(step):
                     waiting.append(
                         WaitingStep(
                             workflow_id=workflow_id,

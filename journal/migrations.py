@@ -356,8 +356,9 @@ $fn$;
 #     means another run has moved the workflow on since, and the batch is
 #     refused whole (RF003). Tokens are never reused, so a claim cannot go back.
 #   - step guards: a step record is inserted, or moves its row forward (a
-#     started or retrying row to a higher attempt; a started row to its own
-#     completion, by the run that started it, or any run for a wait), or is the
+#     started, retrying or backing-off row to a higher attempt; a started row to
+#     its own end or backoff, by the run that started it, or any run for a
+#     wait), or is the
 #     very same write again (same run, status and attempt: a retry after a lost
 #     answer, a no-op). Completed and failed rows never change here (RF003).
 #   - status guards: a finished workflow never changes (the same status again
@@ -369,6 +370,10 @@ $fn$;
 _V4_FENCES: Final = """
 ALTER TABLE workflows ADD COLUMN run_id text;
 ALTER TABLE steps ADD COLUMN run_id text;
+-- Durable timers: waits, and steps backing off before their next attempt.
+DROP INDEX steps_waiting;
+CREATE INDEX steps_timers ON steps (fire_at)
+    WHERE (kind = 'wait' AND status = 'started') OR status = 'backoff';
 
 DROP FUNCTION retinue_append(
     integer[], bigint[], text[], text[], text[], integer[], text[], text[], text[], text[],
@@ -438,9 +443,9 @@ BEGIN
         WHERE NOT (
             (s.run_id IS NOT DISTINCT FROM x.run_id AND s.status = x.status
              AND s.attempt = x.attempt)
-            OR (s.status IN ('started', 'retrying') AND x.attempt > s.attempt)
+            OR (s.status IN ('started', 'retrying', 'backoff') AND x.attempt > s.attempt)
             OR (s.status = 'started' AND x.attempt = s.attempt
-                AND x.status IN ('completed', 'failed')
+                AND x.status IN ('completed', 'failed', 'backoff')
                 AND (s.run_id IS NOT DISTINCT FROM x.run_id OR s.kind = 'wait')))
         LIMIT 1;
         IF FOUND THEN

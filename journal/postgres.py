@@ -107,7 +107,8 @@ _UNFINISHED_WORKFLOWS: Final = (
     + _WORKFLOW_COLUMNS
     + "FROM workflows WHERE "
     + _UNFINISHED
-    + " AND ($1::integer[] IS NULL OR partition = ANY($1)) ORDER BY position"
+    + " AND ($1::integer[] IS NULL OR partition = ANY($1))"
+    + " AND ($2 OR status <> 'waiting') ORDER BY position"
 )
 _LOAD_STEPS: Final = "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = $1 ORDER BY seq"
 _LOAD_HISTORIES: Final = (
@@ -117,7 +118,8 @@ _LOAD_HISTORIES: Final = (
 _WAITING_STEPS: Final = """
 SELECT s.workflow_id, s.seq, w.actor_key, s.fire_at
 FROM steps s JOIN workflows w ON w.id = s.workflow_id
-WHERE s.kind = 'wait' AND s.status = 'started' AND s.fire_at IS NOT NULL
+WHERE ((s.kind = 'wait' AND s.status = 'started') OR s.status = 'backoff')
+  AND s.fire_at IS NOT NULL
   AND ($1::integer[] IS NULL OR w.partition = ANY($1))
 ORDER BY s.fire_at, s.workflow_id, s.seq
 """
@@ -531,10 +533,11 @@ class PostgresJournal(Journal):
 
     @boundary
     async def unfinished_workflows(
-        self, partitions: Collection[int] | None = None
+        self, partitions: Collection[int] | None = None, *, waiting: bool = True
     ) -> list[WorkflowRow]:
         wanted = None if partitions is None else list(partitions)
-        return [_workflow(row) for row in await self._pool.fetch(_UNFINISHED_WORKFLOWS, wanted)]
+        rows = await self._pool.fetch(_UNFINISHED_WORKFLOWS, wanted, waiting)
+        return [_workflow(row) for row in rows]
 
     @boundary
     async def load_steps(self, workflow_id: str) -> list[StepRecord]:

@@ -81,7 +81,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: "step" (a function), "wait" (signal or timer), "child", "event", "sleep".
     status: "started" (write-ahead), "completed", "failed" (attempts exhausted),
-    "retrying" (failed, then an operator asked for a retry).
+    "retrying" (failed, then an operator asked for a retry), "backoff" (an
+    attempt failed; the next one is due at fire_at: a durable timer).
     """
 
     workflow_id: str

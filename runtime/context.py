@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, overload
 
-import anyio
 import msgspec
 
 from journal import (
@@ -91,12 +90,23 @@ class RunHost(Protocol):
     def partition_of(self, actor_key: str) -> int: ...
 
 
-def _attempt(
-    attempt: int, began: datetime, finished: datetime, error: str | None
+def _try(
+    attempt: int, first: int, began: datetime, finished: datetime, error: str | None
 ) -> dict[str, Any]:
-    """One try of a step, as kept in its record's history."""
-    return {"attempt": attempt, "started_at": began.isoformat(),
+    """One try of a step, as kept in its record's history; `first` is the attempt
+    its round of the retry policy began with (an operator's retry starts one)."""
+    return {"attempt": attempt, "first": first, "started_at": began.isoformat(),
             "finished_at": finished.isoformat(), "error": error}
+
+
+def _round_start(recorded: StepRecord | None, attempt: int) -> int:
+    """The attempt the current round of retries began with."""
+    if recorded is None:
+        return 1
+    if recorded.status == "retrying":
+        return attempt
+    tries = recorded.history or []
+    return int(tries[-1].get("first", 1)) if tries else 1
 
 
 class WorkflowContext:
@@ -162,12 +172,22 @@ class WorkflowContext:
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
+        if recorded is not None and recorded.status == "backoff":
+            self._await_backoff(recorded)
         # Attempts only go up (the journal refuses a lower one): a crash mid-step
         # spends one; an operator's retry starts a new round of the policy's tries.
         attempt = 1 if recorded is None else recorded.attempt + 1
-        return await self._attempts(seq, name, fn, args, retry, effect, attempt, recorded)
+        return await self._attempt(seq, name, fn, args, retry, effect, attempt, recorded)
 
-    async def _attempts(
+    def _await_backoff(self, recorded: StepRecord) -> None:
+        """A step backing off: suspend until its next attempt is due (a durable
+        timer, so the actor handles other messages meanwhile)."""
+        assert recorded.fire_at is not None
+        if self._now() < recorded.fire_at:
+            self._host.timer_set(self.workflow_id, self.actor_key, recorded.fire_at)
+            raise Suspended
+
+    async def _attempt(
         self,
         seq: int,
         name: str,
@@ -178,46 +198,50 @@ class WorkflowContext:
         attempt: int,
         recorded: StepRecord | None,
     ) -> Any:
+        """One attempt of a step; a failure the policy retries backs off durably."""
         started_at = recorded.started_at if recorded is not None else self._now()
         last_error = recorded.error if recorded is not None else None
-        first = attempt if recorded is not None and recorded.status == "retrying" else 1
+        first = _round_start(recorded, attempt)
         # Every failed attempt, so a timeline can draw each try (kept on the record).
         history: list[dict[str, Any]] = list(recorded.history or []) if recorded else []
-        while True:
-            attempt_began = self._now()
-            if effect:
-                await self._write_step(seq, name, "started", attempt, started_at,
-                                       error=last_error, history=history or None)
-            began = time.perf_counter()
-            try:
-                result = await self._call(fn, args, StepInfo(
-                    workflow_id=self.workflow_id, seq=seq, name=name, attempt=attempt
-                ))
-            except JournalUnavailableError:
-                # The database is away, not the step at fault: spending its retries
-                # would fail the workflow. The actor's supervisor waits the outage out.
-                raise
-            except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
-                last_error = f"{type(exc).__name__}: {exc}"
-                self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
-                history.append(_attempt(attempt, attempt_began, self._now(), last_error))
-                tries = attempt - first + 1
-                if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, tries):
-                    await self._write_step(seq, name, "failed", attempt, started_at,
-                                           error=last_error, finished=True, history=history)
-                    raise StepFailedError(self.workflow_id, seq, name, last_error) from exc
-                await anyio.sleep(retry.backoff(tries))
-                attempt += 1
-                continue
-            self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
-            if history:
-                history.append(_attempt(attempt, attempt_began, self._now(), None))
-            self._defer(self._record(
-                seq, name, "step", "completed", attempt, started_at,
-                output=to_json_value(result), error=last_error, finished=True,
-                history=history or None,
+        attempt_began = self._now()
+        if effect:
+            await self._write_step(seq, name, "started", attempt, started_at,
+                                   error=last_error, history=history or None)
+        began = time.perf_counter()
+        try:
+            result = await self._call(fn, args, StepInfo(
+                workflow_id=self.workflow_id, seq=seq, name=name, attempt=attempt
             ))
-            return result
+        except JournalUnavailableError:
+            # The database is away, not the step at fault: spending its retries
+            # would fail the workflow. The actor's supervisor waits the outage out.
+            raise
+        except Exception as exc:  # noqa: BLE001 - a step's failure is data, journaled below
+            last_error = f"{type(exc).__name__}: {exc}"
+            self._host.step_finished(self._row.name, name, "error", time.perf_counter() - began)
+            history.append(_try(attempt, first, attempt_began, self._now(), last_error))
+            tries = attempt - first + 1
+            if isinstance(exc, NonRetryableError) or not retry.should_retry(exc, tries):
+                await self._write_step(seq, name, "failed", attempt, started_at,
+                                       error=last_error, finished=True, history=history)
+                raise StepFailedError(self.workflow_id, seq, name, last_error) from exc
+            fire_at = self._now() + timedelta(seconds=retry.backoff(tries))
+            await self._commit(self._record(
+                seq, name, "step", "backoff", attempt, started_at, error=last_error,
+                fire_at=fire_at, history=history,
+            ), status="waiting")
+            self._host.timer_set(self.workflow_id, self.actor_key, fire_at)
+            raise Suspended from None
+        self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
+        if history:
+            history.append(_try(attempt, first, attempt_began, self._now(), None))
+        self._defer(self._record(
+            seq, name, "step", "completed", attempt, started_at,
+            output=to_json_value(result), error=last_error, finished=True,
+            history=history or None,
+        ))
+        return result
 
     @staticmethod
     async def _call(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo) -> Any:

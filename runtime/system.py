@@ -27,6 +27,7 @@ from journal import (
     StaleRunError,
     StatusChange,
     StepRecord,
+    WorkflowNotFoundError,
     WorkflowRow,
 )
 
@@ -211,6 +212,10 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         # Workflows run here for a command another node took: it waits for news.
         self._watched: set[str] = set()
         self._signals_seen = 0
+        # Wake-ups for other nodes, sent in bunches by one task (`_send_wakes`);
+        # bounded by the in-flight bound at the edge.
+        self._wakes: list[str] = []
+        self._wakes_posted = anyio.Event()
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
             self, self.metrics.registry, clock,
@@ -251,6 +256,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self._tg = await self._stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._timers.run)
             await self._tg.start(self._passivate_idle)
+            await self._tg.start(self._send_wakes)
             await self._tg.start(self.journal.serve_node, self.node_id, self._on_wake)
             await self.cluster.join()
             await self._tg.start(self.cluster.run)
@@ -295,15 +301,19 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     async def partitions_acquired(self, epochs: Mapping[int, int]) -> None:
         """Own `epochs` and recover them: re-arm their timers, replay every
-        unfinished workflow, waiting ones too (a signal stored just before a
-        crash may not have woken its workflow)."""
+        unfinished workflow that is not waiting, and the waiting ones that have
+        an unconsumed signal (stored just before a crash, it may not have woken
+        its workflow) or a cancel request. A waiting workflow stays out of
+        memory until its timer fires or a signal comes."""
         self._epochs.update(epochs)  # first: a wake-up that comes meanwhile is handled
         partitions = list(epochs)
         self._recovery_reads += 1
         try:
             try:
                 waiting = await self.journal.waiting_steps(partitions)
-                unfinished = await self.journal.unfinished_workflows(partitions)
+                unfinished = await self.journal.unfinished_workflows(partitions, waiting=False)
+                woken, _ = await self.journal.runnable_workflows(partitions, 0)
+                unfinished += [row for row in woken if row.status == "waiting"]
             except BaseException:
                 # Not recovered: owned they would stay idle. Dropped, they are acquired
                 # (and recovered) again at the next heartbeat: the leases are still ours.
@@ -379,16 +389,30 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             waiter.event.set()
 
     def _tell_watchers(self, workflow_id: str, key: str | None) -> None:
-        if workflow_id in self._watched and self._tg is not None:
-            self._tg.start_soon(self._send_wake, news_payload(workflow_id, key))
+        if workflow_id in self._watched:
+            self._post_wake(news_payload(workflow_id, key))
 
-    async def _send_wake(self, payload: str) -> None:
-        try:
-            await self.journal.wake([payload])
-        except JournalUnavailableError as exc:
-            # Missed, it costs a poll: the owner's catch-up (a command) or the
-            # waiter's next look at the journal (news) finds what it announced.
-            _log.warning("could not send a wake-up (%s): %s", payload[:200], exc)
+    def _post_wake(self, payload: str) -> None:
+        """Send `payload` to the other nodes soon, with whatever else is waiting:
+        one sender, one round trip per bunch, never a task per wake-up."""
+        self._wakes.append(payload)
+        self._wakes_posted.set()
+
+    async def _send_wakes(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Send posted wake-ups until cancelled."""
+        task_status.started()
+        while True:
+            await self._wakes_posted.wait()
+            self._wakes_posted = anyio.Event()
+            payloads, self._wakes = self._wakes, []
+            try:
+                await self.journal.wake(payloads)
+            except JournalUnavailableError as exc:
+                # Missed, they cost a poll: the owner's catch-up (a command) or the
+                # waiter's next look at the journal (news) finds what they announced.
+                _log.warning("could not send %d wake-ups: %s", len(payloads), exc)
 
     # -- commands -----------------------------------------------------------------
 
@@ -467,25 +491,42 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         if not self._accepting:
             raise OverloadedError("the runtime is not accepting work (starting or stopping)")
 
-    def _check_capacity(self, actor_key: str) -> None:
+    def _check_capacity(self, actor_key: str | None = None) -> None:
+        """Refuse a command (OverloadedError, before anything is journaled) past the
+        in-flight bound, the bound on wake-ups waiting to be sent, or a full mailbox."""
         self._check_open()
         if self._in_flight >= self._max_in_flight:
             raise OverloadedError(f"{self._in_flight} workflows are in flight (the bound)")
+        if len(self._wakes) >= self._max_in_flight:
+            raise OverloadedError(f"{len(self._wakes)} wake-ups for other nodes are waiting")
+        if actor_key is None:
+            return
         actor = self._actors.get(actor_key)
         if actor is not None and not actor.has_room():
             raise OverloadedError(f"the mailbox of {actor_key!r} is full")
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
-        """Store a signal durably, then wake its workflow. Raises WorkflowNotFoundError."""
+        """Store a signal durably, then wake its workflow. Raises WorkflowNotFoundError,
+        and OverloadedError (nothing stored) past a bound."""
         self._check_open()
-        signal = await self.journal.send_signal(workflow_id, name, to_json_value(payload))
-        row = await self.journal.get_workflow(signal.workflow_id)
-        if row is not None and row.status not in FINISHED_STATUSES:
-            self._deliver(row.actor_key, Run(workflow_id=workflow_id), watched=True)
+        row = await self.journal.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        self._check_capacity(row.actor_key)
+        await self.journal.send_signal(workflow_id, name, to_json_value(payload))
+        if row.status not in FINISHED_STATUSES:
+            self._deliver_command(row.actor_key, workflow_id)
+
+    def _deliver_command(self, actor_key: str, workflow_id: str) -> None:
+        """Queue the Run a command asks for, counted against the in-flight bound
+        until it has been handled (or sent to the partition's owner)."""
+        self._in_flight += 1
+        self._deliver(actor_key, Run(workflow_id=workflow_id, external=True), watched=True)
 
     async def cancel(self, workflow_id: str) -> list[str]:
-        """Cancel a workflow and its children at their next step boundary."""
-        self._check_open()
+        """Cancel a workflow and its children at their next step boundary.
+        Raises OverloadedError (nothing written) past the in-flight bound."""
+        self._check_capacity()
         ids = await self.journal.request_cancel(workflow_id)
         for cancelled_id in ids:
             self._preloaded.pop(cancelled_id, None)
@@ -493,21 +534,23 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self._cancelling.add(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
-                self._deliver(row.actor_key, Run(workflow_id=cancelled_id), watched=True)
+                self._deliver_command(row.actor_key, cancelled_id)
         return ids
 
     async def retry(self, workflow_id: str) -> None:
-        """Resume a failed workflow from its failed step; earlier steps are not re-run."""
-        self._check_open()
+        """Resume a failed workflow from its failed step; earlier steps are not re-run.
+        Raises OverloadedError (nothing written) past the in-flight bound."""
+        self._check_capacity()
         await self.journal.retry_workflow(workflow_id)
         self._preloaded.pop(workflow_id, None)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
-        self._deliver(row.actor_key, Run(workflow_id=workflow_id), watched=True)
+        self._deliver_command(row.actor_key, workflow_id)
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
-        """Send a dead letter's message to its actor again; None if unknown or taken."""
-        self._check_open()
+        """Send a dead letter's message to its actor again; None if unknown or taken.
+        Raises OverloadedError (nothing written) past the in-flight bound."""
+        self._check_capacity()
         letter = await self.journal.take_dead_letter(letter_id)
         if letter is None:
             return None
@@ -515,7 +558,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         row = await self.journal.get_workflow(workflow_id)
         if row is not None and row.status == "failed":
             await self.journal.retry_workflow(workflow_id)
-        self._deliver(letter.actor_key, Run(workflow_id=workflow_id), watched=True)
+        self._deliver_command(letter.actor_key, workflow_id)
         return letter
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
@@ -637,7 +680,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._no_longer_here(message)  # it will not run here: not in flight here either
         assert self._tg is not None
         payload = wake_payload(actor_key, message.workflow_id, watched=watched)
-        self._tg.start_soon(self._send_wake, payload)
+        self._post_wake(payload)
 
     def _activate(self, actor_key: str) -> Actor:
         assert self._tg is not None

@@ -396,6 +396,11 @@ async def test_recovery_reads_can_be_limited_to_partitions(journal: Journal) -> 
     assert [r.id for r in await journal.unfinished_workflows()] == ["wf-1", "wf-2", "wf-3"]
     assert [w.workflow_id for w in await journal.waiting_steps([2])] == ["wf-2"]
     assert len(await journal.waiting_steps()) == 3
+    # A waiting workflow is left out when recovery asks for the others only.
+    waiting = StatusChange(workflow_id="wf-3", status="waiting")
+    await journal.append(Batch(partition=3, epoch=0, statuses=(waiting,)))
+    assert [r.id for r in await journal.unfinished_workflows([1, 3], waiting=False)] == ["wf-1"]
+    assert [r.id for r in await journal.unfinished_workflows([1, 3])] == ["wf-1", "wf-3"]
 
 
 # -- workflow queries -----------------------------------------------------------------

@@ -131,6 +131,8 @@ async def test_a_changed_workflow_fails_naming_both_steps(journal: Journal) -> N
         await wait_status(journal, row.id, "waiting")
     async with Runtime(journal) as rt:
         rt.register(v2, name="flow")
+        # A waiting workflow stays out of memory until it wakes; then it replays.
+        await rt.signal(row.id, "go")
         done = await rt.wait_for_finish(row.id, 5)
     assert done is not None and done.status == "failed"
     assert "'step refund'" in (done.error or "") and "'step charge'" in (done.error or "")
@@ -250,6 +252,42 @@ async def test_retries_then_fails_then_resumes_from_the_failed_step(journal: Jou
         (1, False), (2, False), (3, False), (4, True),
     ]
     assert (retried.status, retried.attempt) == ("completed", 4)
+
+
+async def test_a_step_backing_off_does_not_block_its_actor_and_survives_a_restart(
+    journal: Journal,
+) -> None:
+    """The backoff between attempts is a durable timer, not a sleep in the actor."""
+    effects = Effects()
+    effects.failures = {"s1": 1}
+    slow = RetryPolicy(max_attempts=3, initial_backoff=0.6, max_backoff=0.6, jitter=0.0)
+
+    async def flaky(ctx: WorkflowContext, start: int) -> int:
+        return await ctx.step("s1", effects.act, "s1", start, retry=slow)
+
+    async def quick(ctx: WorkflowContext, start: int) -> int:
+        return await ctx.step("s2", effects.act, "s2", start)
+
+    async with Runtime(journal) as rt:
+        rt.register(flaky)
+        rt.register(quick)
+        backing_off, _ = await rt.start_workflow("flaky", 1, actor_key="a:1")
+        await wait_status(journal, backing_off.id, "waiting")
+        step = (await journal.load_steps(backing_off.id))[0]
+        assert (step.status, step.attempt, step.fire_at is not None) == ("backoff", 1, True)
+        # The same actor handles another message while the first workflow backs off.
+        other, _ = await rt.start_workflow("quick", 2, actor_key="a:1")
+        done = await rt.wait_for_finish(other.id, 0.4)
+        assert done is not None and done.status == "completed"
+    # A restart in the middle of the backoff: the timer is re-armed by recovery.
+    async with Runtime(journal) as rt:
+        rt.register(flaky)
+        rt.register(quick)
+        resumed = await rt.wait_for_finish(backing_off.id, 5)
+    assert resumed is not None and (resumed.status, resumed.result) == ("completed", 10)
+    assert effects.count() == {"s1": 2, "s2": 1}
+    step = (await journal.load_steps(backing_off.id))[0]
+    assert (step.status, step.attempt) == ("completed", 2)
 
 
 async def test_a_non_retryable_error_fails_the_step_at_once(journal: Journal) -> None:
