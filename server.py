@@ -78,7 +78,6 @@ from journal import (
     JournalUnavailableError,
     StepRecord,
     WorkflowNotFoundError,
-    WorkflowPage,
     WorkflowRow,
     open_journal,
 )
@@ -120,9 +119,6 @@ _MAX_IDEMPOTENCY_KEY: Final = 255
 _REDACTED: Final = "<redacted>"
 _READY_PING_TIMEOUT: Final = 1.0  # seconds /readyz waits for the database to answer
 _MAX_BODY: Final = web.AppKey("max_body", int)
-# The time-range filter of GET /workflows reads at most this many rows per request.
-_SCAN_ROWS: Final = 5000
-_SCAN_PAGE: Final = 500
 _ASSET_TYPES: Final = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
                        ".html": "text/html"}
 # The dashboard loads only its own files and talks only to this server.
@@ -955,38 +951,6 @@ def _auth_middleware(api_token: str | None, open_routes: frozenset[tuple[str, st
     return authenticate
 
 
-# -- resolvers: wait for a workflow's event -----------------------------------------
-
-
-class _Resolution(NamedTuple):
-    found: bool
-    value: Any
-    ended: WorkflowRow | None  # the workflow finished without publishing the event
-
-
-async def _resolve(runtime: Runtime, workflow_id: str, key: str, within: float) -> _Resolution:
-    """Wait up to `within` s for the workflow's event `key`, or for the workflow to
-    end first (it never publishes then). Cancellable."""
-    ended: WorkflowRow | None = None
-
-    async def wait_event(scope: anyio.CancelScope) -> None:
-        await runtime.wait_for_event(workflow_id, key, math.inf)
-        scope.cancel()
-
-    async def wait_end(scope: anyio.CancelScope) -> None:
-        nonlocal ended
-        ended = await runtime.wait_for_finish(workflow_id, math.inf)
-        scope.cancel()
-
-    with anyio.move_on_after(within):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_event, tg.cancel_scope)
-            tg.start_soon(wait_end, tg.cancel_scope)
-    # Read once more: the event may have landed as the workflow ended or time ran out.
-    found, value = await runtime.journal.get_workflow_event(workflow_id, key)
-    return _Resolution(found, value, None if found else ended)
-
-
 def _ended_error(row: WorkflowRow, what: str) -> ApiError:
     if row.status == "cancelled":
         return ApiError(409, f"the {what} workflow {row.id} was cancelled by an operator; "
@@ -1071,8 +1035,8 @@ class _Api:
                            "for a new request", reason="idempotency_conflict")
 
     async def _invite_answer(self, workflow_id: str) -> web.Response:
-        found, value, ended = await _resolve(
-            self._runtime, workflow_id, INVITE_EVENT, self._resolve_timeout
+        found, value, ended = await self._runtime.wait_for_outcome(
+            workflow_id, INVITE_EVENT, self._resolve_timeout
         )
         if found:
             result = msgspec.convert(value, InviteResult)
@@ -1096,9 +1060,8 @@ class _Api:
         command = VerifyCustomer(customer_id=customer_id, token=token, request_id=request_id)
         await self._runtime.signal(customer.workflow_id, VERIFY_SIGNAL, command)
         self._metrics.accepted.labels("verify").inc()
-        found, value, ended = await _resolve(
-            self._runtime, customer.workflow_id, verify_event_key(request_id),
-            self._resolve_timeout,
+        found, value, ended = await self._runtime.wait_for_outcome(
+            customer.workflow_id, verify_event_key(request_id), self._resolve_timeout
         )
         if found:
             result = msgspec.convert(value, VerifyResult)
@@ -1151,45 +1114,16 @@ class _Api:
                 raise ApiError(400, "give `actor` or `customer`, not both", reason="invalid_query")
             actor = _customer_actor(query.customer)
         try:
-            if query.since is None and query.until is None:
-                page = await self._journal.list_workflows(
-                    status=query.status, actor_key=actor, name=query.name, limit=query.limit,
-                    cursor=query.cursor,
-                )
-            else:
-                page = await self._created_within(query, actor)
+            page = await self._journal.list_workflows(
+                status=query.status, actor_key=actor, name=query.name, limit=query.limit,
+                cursor=query.cursor, created_since=query.since, created_before=query.until,
+            )
         except ValueError as exc:  # the journal could not read the cursor
             raise ApiError(400, f"cursor {query.cursor!r} is not one this server handed out; "
                            "start again without it - at `$.cursor`") from exc
         return _json(200, WorkflowsReply(
             workflows=[_summary(row) for row in page.workflows], next_cursor=page.next_cursor
         ))
-
-    async def _created_within(self, query: WorkflowQuery, actor: str | None) -> WorkflowPage:
-        """A page of the workflows created in [since, until), filtered here over the
-        journal's pages (newest first), reading at most _SCAN_ROWS rows per request:
-        past that, the page may be short, and next_cursor goes on from where it stopped.
-        Positions follow creation times, so the first row older than `since` ends it."""
-        found: list[WorkflowRow] = []
-        cursor, scanned = query.cursor, 0
-        while scanned < _SCAN_ROWS:
-            page = await self._journal.list_workflows(
-                status=query.status, actor_key=actor, name=query.name, limit=_SCAN_PAGE,
-                cursor=cursor,
-            )
-            for row in page.workflows:
-                scanned += 1
-                if query.since is not None and row.created_at < query.since:
-                    return WorkflowPage(workflows=found)
-                if query.until is None or row.created_at < query.until:
-                    found.append(row)
-                if len(found) > query.limit:
-                    return WorkflowPage(workflows=found[:-1],
-                                        next_cursor=str(found[-2].position))
-            if page.next_cursor is None:
-                return WorkflowPage(workflows=found)
-            cursor = page.next_cursor
-        return WorkflowPage(workflows=found, next_cursor=cursor)
 
     async def get_workflow(self, request: web.Request) -> web.Response:
         workflow_id = _workflow_id(request)

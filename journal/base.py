@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -170,8 +171,12 @@ class Journal(abc.ABC):
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> WorkflowPage:
-        """Newest first. `cursor` is the `next_cursor` of the previous page."""
+        """Newest first. `cursor` is the `next_cursor` of the previous page;
+        `created_since` (inclusive) and `created_before` (exclusive) bound the
+        creation time."""
 
     @abc.abstractmethod
     async def count_workflows_by_status(self) -> dict[str, int]: ...

@@ -415,6 +415,8 @@ class MemoryJournal(Journal):
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> WorkflowPage:
         before = int(cursor) if cursor else None
         rows = sorted(self._workflows.values(), key=lambda r: r.position, reverse=True)
@@ -425,6 +427,8 @@ class MemoryJournal(Journal):
             and (actor_key is None or r.actor_key == actor_key)
             and (name is None or r.name == name)
             and (before is None or r.position < before)
+            and (created_since is None or r.created_at >= created_since)
+            and (created_before is None or r.created_at < created_before)
         ]
         page = matching[:limit]
         more = len(matching) > limit

@@ -374,6 +374,8 @@ ALTER TABLE steps ADD COLUMN run_id text;
 DROP INDEX steps_waiting;
 CREATE INDEX steps_timers ON steps (fire_at)
     WHERE (kind = 'wait' AND status = 'started') OR status = 'backoff';
+-- The time filter of GET /workflows (since, until) in SQL.
+CREATE INDEX workflows_created ON workflows (created_at);
 
 DROP FUNCTION retinue_append(
     integer[], bigint[], text[], text[], text[], integer[], text[], text[], text[], text[],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -95,6 +96,8 @@ WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR actor_key = $2)
   AND ($3::text IS NULL OR name = $3)
   AND ($4::bigint IS NULL OR position < $4)
+  AND ($6::timestamptz IS NULL OR created_at >= $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
 ORDER BY position DESC
 LIMIT $5"""
 )
@@ -514,9 +517,12 @@ class PostgresJournal(Journal):
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> WorkflowPage:
         before = int(cursor) if cursor else None
-        rows = await self._pool.fetch(_LIST_WORKFLOWS, status, actor_key, name, before, limit + 1)
+        rows = await self._pool.fetch(_LIST_WORKFLOWS, status, actor_key, name, before,
+                                      limit + 1, created_since, created_before)
         page = [_workflow(row) for row in rows[:limit]]
         more = len(rows) > limit
         return WorkflowPage(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
@@ -600,6 +601,31 @@ class Runtime(ActorHost, RunHost, ClusterHost):
                     return finished
                 poll, first = min(poll * 1.5, _POLL_MAX), False
         return None
+
+    async def wait_for_outcome(
+        self, workflow_id: str, key: str, timeout: float
+    ) -> tuple[bool, Any, WorkflowRow | None]:
+        """Wait up to `timeout` s for the workflow's event `key`, or for its end
+        (then it will never publish it): (found, value, the row if it ended without
+        publishing). Cancellable."""
+        ended: WorkflowRow | None = None
+
+        async def wait_event(scope: anyio.CancelScope) -> None:
+            await self.wait_for_event(workflow_id, key, math.inf)
+            scope.cancel()
+
+        async def wait_end(scope: anyio.CancelScope) -> None:
+            nonlocal ended
+            ended = await self.wait_for_finish(workflow_id, math.inf)
+            scope.cancel()
+
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_event, tg.cancel_scope)
+                tg.start_soon(wait_end, tg.cancel_scope)
+        # Once more: the event may have landed as the workflow ended or time ran out.
+        found, value = await self.journal.get_workflow_event(workflow_id, key)
+        return found, value, None if found else ended
 
     async def _nap(self, workflow_id: str, waiter: _Waiter, poll: float) -> bool:
         """Wait for `waiter` a while: `poll` s, or longer if the workflow runs here

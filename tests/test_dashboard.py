@@ -422,7 +422,7 @@ async def _indexes_used(conn: asyncpg.Connection, query: str, status: str) -> se
     scan of workflows that is not an index scan."""
     # Bound parameters, as asyncpg binds them: the planner sees their values.
     [plan] = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + query,
-                                            status, None, None, None, 51))
+                                            status, None, None, None, 51, None, None))
     nodes = [n for n in _plan_nodes(plan["Plan"]) if n.get("Relation Name") == "workflows"]
     assert nodes, plan
     assert all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in nodes), nodes

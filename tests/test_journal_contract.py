@@ -734,3 +734,18 @@ async def test_histories_of_many_workflows_load_at_once(journal: Journal) -> Non
         "wf-h3": [],
     }
     assert [s.seq for s in histories["wf-h1"]] == [1, 2]
+
+
+async def test_workflows_are_listed_by_creation_time(journal: Journal) -> None:
+    rows = []
+    for wf_id in ("wf-1", "wf-2", "wf-3"):
+        row, _ = await journal.create_workflow(new_wf(wf_id))
+        rows.append(row)
+        await anyio.sleep(0.002)  # distinct creation times
+    since, before = rows[1].created_at, rows[2].created_at
+    page = await journal.list_workflows(created_since=since)
+    assert [r.id for r in page.workflows] == ["wf-3", "wf-2"]
+    page = await journal.list_workflows(created_since=since, created_before=before)
+    assert [r.id for r in page.workflows] == ["wf-2"]
+    page = await journal.list_workflows(created_before=since, limit=1)
+    assert [r.id for r in page.workflows] == ["wf-1"] and page.next_cursor is None
