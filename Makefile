@@ -1,4 +1,5 @@
-# One command runs what CI runs: `make test` (and `.ci/run` calls it).
+# One command runs what CI runs: `make test` (and `.ci/run` calls it): ruff, mypy
+# strict, import-linter's layer contracts, then the tests with a branch-coverage floor.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -30,8 +31,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) server.py $(ARGS)
 
-test: $(STAMP)
-	$(PY) -m pytest -m 'not soak' $(PYTEST_ARGS)
+# The gates first (lint, types, layers), then the tests with branch coverage.
+test: lint
+	$(PY) -m pytest -m 'not soak' --cov --cov-report=term $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
@@ -39,8 +41,9 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
-check: lint test
+check: test
 
 bench: $(STAMP)
 	$(PY) -m bench
