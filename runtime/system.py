@@ -940,7 +940,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
                     raise
                 raise RunSuperseded(batch.run.workflow_id) from exc
             self.metrics.journal_append.observe(time.perf_counter() - began)
-            if outages and self._accepting:
+            if not self._ready and self._accepting:
+                # The journal answers again. Not only after this commit's own outage:
+                # the commits that saw it may all have been fenced since (an outage
+                # longer than the lease TTL moves every partition), and then only
+                # the recovered runs' commits are left to say so.
                 self._ready = True
             return
 
