@@ -1,4 +1,4 @@
-"""Retry policies for steps and restart policies for actors."""
+"""Retry policies for steps, restart policies for actors, and waiting out an outage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import msgspec
 
-__all__ = ["RetryPolicy", "RestartPolicy", "DEFAULT_RETRY", "NO_RETRY"]
+__all__ = ["RetryPolicy", "RestartPolicy", "DEFAULT_RETRY", "NO_RETRY", "unavailable_backoff"]
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,3 +45,9 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def unavailable_backoff(outages: int) -> float:
+    """Seconds to wait before calling the journal again after `outages` calls in a
+    row found the database unreachable (commits, actors, dead-lettering)."""
+    return float(min(2.0, 0.05 * 2 ** min(outages, 6)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
@@ -59,6 +58,7 @@ from .metrics import RuntimeMetrics
 from .partitions import partition_of
 from .policy import RestartPolicy
 from .timers import TimerService
+from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
 
@@ -66,15 +66,8 @@ _log = logging.getLogger("retinue.runtime")
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
 
-# Waiting on a workflow that another node runs: its owner sends news of its
-# events and end, and the journal is polled meanwhile, every 20 ms at first,
-# then less often, up to every 250 ms. One that runs here wakes its waiters from
-# memory; they look again every half second, in case its partition moved.
-_POLL_FIRST: Final = 0.02
-_POLL_MAX: Final = 0.25
 # Recovery reads the histories of this many workflows per query.
 _PRELOAD_CHUNK: Final = 1000
-_RECHECK: Final = 0.5
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
 # A run the journal refused (another run moved the workflow on) reloads and goes
@@ -106,54 +99,7 @@ def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
     )
 
 
-class _Waiter:
-    """Callers waiting for one thing (an event, an end); `value` is what came, once
-    `came`. An `event` set without `came` is news from another node: look again."""
-
-    __slots__ = ("event", "value", "waiting", "came")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.value: Any = None
-        self.waiting = 0
-        self.came = False
-
-
-_K = TypeVar("_K")
 _T = TypeVar("_T")
-
-
-@contextmanager
-def _waiting(table: dict[_K, _Waiter], key: _K) -> Iterator[_Waiter]:
-    """Join (or create) the waiter for `key`; the last caller to leave removes it."""
-    waiter = table.get(key)
-    if waiter is None:
-        waiter = table[key] = _Waiter()
-    waiter.waiting += 1
-    try:
-        yield waiter
-    finally:
-        waiter.waiting -= 1
-        if waiter.waiting == 0 and table.get(key) is waiter:
-            del table[key]
-
-
-@contextmanager
-def _unless_first(first: bool) -> Iterator[None]:
-    """A look at the journal while waiting: an outage fails the first one only."""
-    try:
-        yield
-    except JournalUnavailableError:
-        if first:
-            raise
-
-
-def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
-    waiter = table.pop(key, None)
-    if waiter is not None:
-        waiter.value = value
-        waiter.came = True
-        waiter.event.set()
 
 
 class Runtime(ActorHost, RunHost, ClusterHost):
@@ -223,8 +169,6 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         )
         self._in_flight = 0
         self._cancelling: set[str] = set()
-        self._event_waiters: dict[tuple[str, str], _Waiter] = {}
-        self._finish_waiters: dict[str, _Waiter] = {}
         # Workflows accepted here whose first run has not ended, with the events
         # they published so far: for them memory is the truth, and waiting for
         # their events or end needs no read of the journal.
@@ -234,8 +178,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
         self._recovery_reads = 0
         self._ran_during_recovery: set[str] = set()
-        self._finish_listeners: list[Callable[[WorkflowRow], None]] = []
         self._timers = TimerService(self._timer_fired, clock)
+        self._waiters = Waiters(journal, self._fresh, self._scheduled, self._tell_watchers)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._accepting = False
@@ -372,22 +316,13 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         if wake is None:
             self.cluster.kick()
         elif isinstance(wake, News):
-            self._news(wake)
+            self._waiters.news(wake)
         elif partition_of(wake.actor_key) in self._epochs:
             if wake.watched:
                 self._watched.add(wake.workflow_id)
             # Another node changed it (a cancel, a signal): what recovery read is stale.
             self._preloaded.pop(wake.workflow_id, None)
             self._deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
-
-    def _news(self, news: News) -> None:
-        """Waiters here on a workflow another node runs: look at the journal now."""
-        if news.key is None:
-            waiter = self._finish_waiters.get(news.workflow_id)
-        else:
-            waiter = self._event_waiters.get((news.workflow_id, news.key))
-        if waiter is not None:
-            waiter.event.set()
 
     def _tell_watchers(self, workflow_id: str, key: str | None) -> None:
         if workflow_id in self._watched:
@@ -568,39 +503,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         One accepted here and not ended is answered from memory; one running on
         another node is polled for in the journal. Only the first look at the
         journal raises JournalUnavailableError; later ones count as "not yet"."""
-        with _waiting(self._event_waiters, (workflow_id, key)) as waiter, \
-                anyio.move_on_after(timeout):
-            poll, first = _POLL_FIRST, True
-            while True:
-                fresh = self._fresh.get(workflow_id)
-                if fresh is not None and key in fresh:
-                    return True, fresh[key]
-                if fresh is None:
-                    with _unless_first(first):
-                        found, value = await self.journal.get_workflow_event(workflow_id, key)
-                        if found:
-                            return True, value
-                if await self._nap(workflow_id, waiter, poll):
-                    return True, waiter.value
-                poll, first = min(poll * 1.5, _POLL_MAX), False
-        return False, None
+        return await self._waiters.wait_for_event(workflow_id, key, timeout)
 
     async def wait_for_finish(self, workflow_id: str, timeout: float) -> WorkflowRow | None:
         """The workflow's row once it has finished, or None after `timeout` s."""
-        with _waiting(self._finish_waiters, workflow_id) as waiter, \
-                anyio.move_on_after(timeout):
-            poll, first = _POLL_FIRST, True
-            while True:
-                if workflow_id not in self._fresh:
-                    with _unless_first(first):
-                        row = await self.journal.get_workflow(workflow_id)
-                        if row is not None and row.status in FINISHED_STATUSES:
-                            return row
-                if await self._nap(workflow_id, waiter, poll):
-                    finished: WorkflowRow = waiter.value
-                    return finished
-                poll, first = min(poll * 1.5, _POLL_MAX), False
-        return None
+        return await self._waiters.wait_for_finish(workflow_id, timeout)
 
     async def wait_for_outcome(
         self, workflow_id: str, key: str, timeout: float
@@ -608,36 +515,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         """Wait up to `timeout` s for the workflow's event `key`, or for its end
         (then it will never publish it): (found, value, the row if it ended without
         publishing). Cancellable."""
-        ended: WorkflowRow | None = None
-
-        async def wait_event(scope: anyio.CancelScope) -> None:
-            await self.wait_for_event(workflow_id, key, math.inf)
-            scope.cancel()
-
-        async def wait_end(scope: anyio.CancelScope) -> None:
-            nonlocal ended
-            ended = await self.wait_for_finish(workflow_id, math.inf)
-            scope.cancel()
-
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait_event, tg.cancel_scope)
-                tg.start_soon(wait_end, tg.cancel_scope)
-        # Once more: the event may have landed as the workflow ended or time ran out.
-        found, value = await self.journal.get_workflow_event(workflow_id, key)
-        return found, value, None if found else ended
-
-    async def _nap(self, workflow_id: str, waiter: _Waiter, poll: float) -> bool:
-        """Wait for `waiter` a while: `poll` s, or longer if the workflow runs here
-        (memory wakes its waiters then). True if it came."""
-        here = workflow_id in self._fresh or workflow_id in self._scheduled
-        with anyio.move_on_after(_RECHECK if here else poll):
-            await waiter.event.wait()
-        if waiter.came:
-            return True
-        if waiter.event.is_set():  # news: the next look at the journal finds it
-            waiter.event = anyio.Event()
-        return False
+        return await self._waiters.wait_for_outcome(workflow_id, key, timeout)
 
     @property
     def ready(self) -> bool:
@@ -650,7 +528,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             mailbox_depth=self._mailbox_depth(),
             in_flight=self._in_flight,
             timers=len(self._timers),
-            waiters=len(self._event_waiters) + len(self._finish_waiters),
+            waiters=len(self._waiters),
             ready=self._ready,
         )
 
@@ -838,20 +716,14 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self.metrics.workflows_finished.labels(row.name, outcome).inc()
         elapsed = (self.clock.now() - row.created_at).total_seconds()
         self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
-        self._finished(msgspec.structs.replace(
+        self._waiters.finished(msgspec.structs.replace(
             row, status=outcome, result=result, error=error, updated_at=self.clock.now()
         ))
 
     def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:
         """Call `listener(row)` each time a workflow ends here, after its end is
         committed (tracing exports it). It must not block or raise."""
-        self._finish_listeners.append(listener)
-
-    def _finished(self, row: WorkflowRow) -> None:
-        _wake(self._finish_waiters, row.id, row)
-        self._tell_watchers(row.id, None)
-        for listener in self._finish_listeners:
-            listener(row)
+        self._waiters.add_finish_listener(listener)
 
     async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
         # The workflow is failed first, so that a redelivery of the letter always
@@ -891,7 +763,9 @@ class Runtime(ActorHost, RunHost, ClusterHost):
                 )
             except StaleRunError:
                 return  # it finished meanwhile: nothing to fail
-            self._finished(msgspec.structs.replace(row, status="failed", error=change.error))
+            self._waiters.finished(
+                msgspec.structs.replace(row, status="failed", error=change.error)
+            )
 
     def actor_restarted(self, actor: Actor) -> None:
         self.metrics.actor_restarts.inc()
@@ -1000,11 +874,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._timers.set(workflow_id, actor_key, fire_at)
 
     def event_published(self, workflow_id: str, key: str, value: Any) -> None:
-        fresh = self._fresh.get(workflow_id)
-        if fresh is not None:
-            fresh[key] = value
-        _wake(self._event_waiters, (workflow_id, key), value)
-        self._tell_watchers(workflow_id, key)
+        self._waiters.published(workflow_id, key, value)
 
     def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
         self.metrics.step_finished(workflow, step, outcome, seconds)
