@@ -108,7 +108,7 @@ _PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("idle timeout: CancelScope + the loop's TimerHandle for its deadline",
      ("move_on_after", "CancelScope.__enter__")),
     ("the Actor object and its entry in the runtime's dict of actors",
-     ("Runtime._activate",)),
+     ("Placement._activate",)),
     ("the actor key (a str the caller made)", ("@bench/",)),
     ("the last message handled (Run, WorkflowRow: ids, input, timestamps), still "
      "referenced while the actor idles", ("Runtime.start_workflow",)),

@@ -40,9 +40,7 @@ from .cluster import (
     News,
     PartitionLost,
     default_node_id,
-    news_payload,
     parse_wake,
-    wake_payload,
 )
 from .codec import from_json_value, input_type_of, to_json_value
 from .context import RunHost, Suspended, WorkflowContext
@@ -56,8 +54,8 @@ from .errors import (
 )
 from .metrics import RuntimeMetrics
 from .partitions import partition_of
+from .placement import Placement
 from .policy import RestartPolicy
-from .timers import TimerService
 from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
@@ -143,43 +141,31 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._new_id = new_id
         self.node_id = node_id or default_node_id()
         self.metrics = RuntimeMetrics(registry or CollectorRegistry())
-        self.metrics.watch(lambda: len(self._actors), self._mailbox_depth)
-        self._mailbox_size = mailbox_size
-        self._max_in_flight = max_in_flight
-        self._idle_timeout = idle_timeout
         self._restart = restart or RestartPolicy()
         self._grace = grace
         self._workflows: dict[str, WorkflowFn] = {}
-        self._actors: dict[str, Actor] = {}
-        self._epochs: dict[int, int] = {}  # owned partitions only
-        # One Run per workflow at a time here: the workflows with a Run queued or
-        # being handled (or being accepted, so none is queued before its first),
-        # each with "run it again afterwards" (a signal, a cancel came meanwhile).
-        self._scheduled: dict[str, bool] = {}
-        # Workflows run here for a command another node took: it waits for news.
-        self._watched: set[str] = set()
+        self._placement = Placement(
+            journal, clock, self.metrics, mailbox_size=mailbox_size,
+            max_in_flight=max_in_flight, idle_timeout=idle_timeout, restart=self._restart,
+        )
+        self._placement.host = self
+        self._actors = self._placement.actors
+        self._epochs = self._placement.epochs
+        self._scheduled = self._placement.scheduled
         self._signals_seen = 0
-        # Wake-ups for other nodes, sent in bunches by one task (`_send_wakes`);
-        # bounded by the in-flight bound at the edge.
-        self._wakes: list[str] = []
-        self._wakes_posted = anyio.Event()
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
             self, self.metrics.registry, clock,
         )
-        self._in_flight = 0
         self._cancelling: set[str] = set()
-        # Workflows accepted here whose first run has not ended, with the events
-        # they published so far: for them memory is the truth, and waiting for
-        # their events or end needs no read of the journal.
-        self._fresh: dict[str, dict[str, Any]] = {}
         # Rows and histories recovery read in bulk, for each workflow's next run;
         # what ran while recovery was reading is not preloaded (it would be stale).
         self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
         self._recovery_reads = 0
         self._ran_during_recovery: set[str] = set()
-        self._timers = TimerService(self._timer_fired, clock)
-        self._waiters = Waiters(journal, self._fresh, self._scheduled, self._tell_watchers)
+        self._timers = self._placement.timers
+        self._waiters = Waiters(journal, self._placement.fresh, self._placement.scheduled,
+                                self._placement.tell_watchers)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._accepting = False
@@ -199,9 +185,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         await self._stack.__aenter__()
         try:
             self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-            await self._tg.start(self._timers.run)
-            await self._tg.start(self._passivate_idle)
-            await self._tg.start(self._send_wakes)
+            await self._placement.start(self._tg)
             await self._tg.start(self.journal.serve_node, self.node_id, self._on_wake)
             await self.cluster.join()
             await self._tg.start(self.cluster.run)
@@ -227,16 +211,13 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             with anyio.move_on_after(self._grace, shield=True):
                 # Polled: shutdown is rare, and an "all idle" event would cost
                 # every message a check.
-                while self._busy():  # noqa: ASYNC110
+                while self._placement.busy():  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             self.cluster.stop()
             with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
                 await self.cluster.leave()
         self._tg.cancel_scope.cancel()
         return await self._stack.__aexit__(exc_type, exc, tb)
-
-    def _busy(self) -> bool:
-        return any(a.running for a in self._actors.values())
 
     # -- partitions (ClusterHost) -------------------------------------------------
 
@@ -250,7 +231,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         an unconsumed signal (stored just before a crash, it may not have woken
         its workflow) or a cancel request. A waiting workflow stays out of
         memory until its timer fires or a signal comes."""
-        self._epochs.update(epochs)  # first: a wake-up that comes meanwhile is handled
+        self._placement.own(epochs)  # first: a wake-up that comes meanwhile is handled
         partitions = list(epochs)
         self._recovery_reads += 1
         try:
@@ -283,21 +264,16 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             if row.id not in self._ran_during_recovery:
                 self._preloaded[row.id] = (row, histories[row.id])
             self.metrics.replays.inc()
-            self._deliver(row.actor_key, Run(workflow_id=row.id))
+            self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
 
     def stop_partitions(self, partitions: Collection[int]) -> None:
         """Forget `partitions` and stop their actors now; queued messages are dropped
         (their workflows are the new owner's to resume)."""
         gone = set(partitions)
-        for partition in gone:
-            self._epochs.pop(partition, None)
         for workflow_id in [w for w, (row, _) in self._preloaded.items()
                             if row.partition in gone]:
             del self._preloaded[workflow_id]
-        for key, actor in list(self._actors.items()):
-            if partition_of(key) in gone:
-                del self._actors[key]
-                actor.stop()
+        self._placement.stop(gone)
 
     async def catch_up(self) -> None:
         """Queue the work of owned partitions that a lost wake-up may have hidden."""
@@ -308,7 +284,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         )
         for row in rows:
             if row.id not in self._scheduled:
-                self._deliver(row.actor_key, Run(workflow_id=row.id))
+                self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
 
     def _on_wake(self, payload: str) -> None:
         """A wake-up from another node (or a rebalance): run the workflow if it is ours."""
@@ -317,38 +293,12 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self.cluster.kick()
         elif isinstance(wake, News):
             self._waiters.news(wake)
-        elif partition_of(wake.actor_key) in self._epochs:
+        elif self._placement.owns(wake.actor_key):
             if wake.watched:
-                self._watched.add(wake.workflow_id)
+                self._placement.watch(wake.workflow_id)
             # Another node changed it (a cancel, a signal): what recovery read is stale.
             self._preloaded.pop(wake.workflow_id, None)
-            self._deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
-
-    def _tell_watchers(self, workflow_id: str, key: str | None) -> None:
-        if workflow_id in self._watched:
-            self._post_wake(news_payload(workflow_id, key))
-
-    def _post_wake(self, payload: str) -> None:
-        """Send `payload` to the other nodes soon, with whatever else is waiting:
-        one sender, one round trip per bunch, never a task per wake-up."""
-        self._wakes.append(payload)
-        self._wakes_posted.set()
-
-    async def _send_wakes(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Send posted wake-ups until cancelled."""
-        task_status.started()
-        while True:
-            await self._wakes_posted.wait()
-            self._wakes_posted = anyio.Event()
-            payloads, self._wakes = self._wakes, []
-            try:
-                await self.journal.wake(payloads)
-            except JournalUnavailableError as exc:
-                # Missed, they cost a poll: the owner's catch-up (a command) or the
-                # waiter's next look at the journal (news) finds what they announced.
-                _log.warning("could not send %d wake-ups: %s", len(payloads), exc)
+            self._placement.deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
 
     # -- commands -----------------------------------------------------------------
 
@@ -381,32 +331,23 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             request_hash=request_hash,
             trace_id=trace_id or self._new_id(),
         )
-        self._in_flight += 1
         # Reserved before it commits: catch-up or recovery, seeing it pending in
         # between, must not run it first (its Run below then trusts a stale row).
-        reserved = not self.trust_stale_rows and new.id not in self._scheduled
-        if reserved:
-            self._scheduled[new.id] = False
+        reserved = self._placement.admit(new.id, reserve=not self.trust_stale_rows)
         try:
             row, created = await self._accept(new, fresh_id=workflow_id is None)
         except BaseException:
-            self._in_flight -= 1
-            if reserved:
-                self._scheduled.pop(new.id, None)
+            self._placement.withdraw(new.id, reserved)
             raise
         if not created:
-            self._in_flight -= 1
-            if reserved:
-                self._scheduled.pop(new.id, None)
+            self._placement.withdraw(new.id, reserved)
             if row.status == "pending":
                 # Its first acceptance may have committed with the answer lost (the
                 # caller saw an outage and sent it again): then nobody queued it.
-                self._deliver(row.actor_key, Run(workflow_id=row.id))
+                self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
             return row, False
         self.metrics.workflows_started.labels(name).inc()
-        self._fresh[row.id] = {}
-        self._deliver(actor_key, Run(workflow_id=row.id, row=row, external=True), watched=True,
-                      reserved=reserved)
+        self._placement.accepted(actor_key, row, reserved)
         return row, True
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
@@ -431,15 +372,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         """Refuse a command (OverloadedError, before anything is journaled) past the
         in-flight bound, the bound on wake-ups waiting to be sent, or a full mailbox."""
         self._check_open()
-        if self._in_flight >= self._max_in_flight:
-            raise OverloadedError(f"{self._in_flight} workflows are in flight (the bound)")
-        if len(self._wakes) >= self._max_in_flight:
-            raise OverloadedError(f"{len(self._wakes)} wake-ups for other nodes are waiting")
-        if actor_key is None:
-            return
-        actor = self._actors.get(actor_key)
-        if actor is not None and not actor.has_room():
-            raise OverloadedError(f"the mailbox of {actor_key!r} is full")
+        self._placement.check_room(actor_key)
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
         """Store a signal durably, then wake its workflow. Raises WorkflowNotFoundError,
@@ -451,13 +384,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._check_capacity(row.actor_key)
         await self.journal.send_signal(workflow_id, name, to_json_value(payload))
         if row.status not in FINISHED_STATUSES:
-            self._deliver_command(row.actor_key, workflow_id)
-
-    def _deliver_command(self, actor_key: str, workflow_id: str) -> None:
-        """Queue the Run a command asks for, counted against the in-flight bound
-        until it has been handled (or sent to the partition's owner)."""
-        self._in_flight += 1
-        self._deliver(actor_key, Run(workflow_id=workflow_id, external=True), watched=True)
+            self._placement.deliver_command(row.actor_key, workflow_id)
 
     async def cancel(self, workflow_id: str) -> list[str]:
         """Cancel a workflow and its children at their next step boundary.
@@ -470,7 +397,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             self._cancelling.add(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
-                self._deliver_command(row.actor_key, cancelled_id)
+                self._placement.deliver_command(row.actor_key, cancelled_id)
         return ids
 
     async def retry(self, workflow_id: str) -> None:
@@ -481,7 +408,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._preloaded.pop(workflow_id, None)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
-        self._deliver_command(row.actor_key, workflow_id)
+        self._placement.deliver_command(row.actor_key, workflow_id)
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's message to its actor again; None if unknown or taken.
@@ -494,7 +421,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         row = await self.journal.get_workflow(workflow_id)
         if row is not None and row.status == "failed":
             await self.journal.retry_workflow(workflow_id)
-        self._deliver_command(letter.actor_key, workflow_id)
+        self._placement.deliver_command(letter.actor_key, workflow_id)
         return letter
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
@@ -525,8 +452,8 @@ class Runtime(ActorHost, RunHost, ClusterHost):
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
             active_actors=len(self._actors),
-            mailbox_depth=self._mailbox_depth(),
-            in_flight=self._in_flight,
+            mailbox_depth=self._placement.mailbox_depth(),
+            in_flight=self._placement.in_flight,
             timers=len(self._timers),
             waiters=len(self._waiters),
             ready=self._ready,
@@ -536,96 +463,11 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         """(key, mailbox depth, workflow being run) of every active actor."""
         return [(a.key, a.depth(), a.current) for a in self._actors.values()]
 
-    def _mailbox_depth(self) -> int:
-        return sum(actor.depth() for actor in self._actors.values())
-
-    # -- delivery -------------------------------------------------------------------
-
-    def _deliver(
-        self, actor_key: str, message: Run, *, watched: bool = False, reserved: bool = False
-    ) -> None:
-        """Queue `message` on its actor if this node owns its partition; else wake
-        the owner (in the background) and forget it here. `watched`: a caller
-        here will wait for the workflow's events or end. One Run per workflow at a
-        time: if one is queued or running (or the workflow is being accepted,
-        unless this is that acceptance's own Run: `reserved`), it is run again
-        once that one is done instead."""
-        workflow_id = message.workflow_id
-        if partition_of(actor_key) not in self._epochs:
-            if reserved:
-                self._scheduled.pop(workflow_id, None)
-            self._send_to_owner(actor_key, message, watched)
-            return
-        if workflow_id in self._scheduled and not reserved:
-            self._scheduled[workflow_id] = True
-            if watched:
-                self._watched.add(workflow_id)
-            self._no_longer_here(message)
-            return
-        actor = self._actors.get(actor_key)
-        if actor is None:
-            actor = self._activate(actor_key)
-        self._scheduled[workflow_id] = False
-        try:
-            actor.deliver_nowait(message)
-        except anyio.WouldBlock:
-            # Internal messages are never dropped: the work is durable and bounded
-            # at the edge, so wait for room in the background.
-            assert self._tg is not None
-            self._tg.start_soon(self._deliver_later, actor, message)
-
-    async def _deliver_later(self, actor: Actor, message: Run) -> None:
-        try:
-            await actor.deliver(message)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.message_done(actor, message)  # it stopped: its partition moved
-
-    def _send_to_owner(self, actor_key: str, message: Run, watched: bool) -> None:
-        self._no_longer_here(message)  # it will not run here: not in flight here either
-        assert self._tg is not None
-        payload = wake_payload(actor_key, message.workflow_id, watched=watched)
-        self._post_wake(payload)
-
-    def _activate(self, actor_key: str) -> Actor:
-        assert self._tg is not None
-        actor = Actor(
-            actor_key,
-            self,
-            mailbox_size=self._mailbox_size,
-            restart=self._restart,
-            unavailable_backoff=self._unavailable_backoff,
-        )
-        actor.epoch = self._epochs[partition_of(actor_key)]
-        self._actors[actor_key] = actor
-        return actor
-
     def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(run)
+        self._placement.spawn(run)
 
     def monotonic(self) -> float:
         return self.clock.monotonic()
-
-    async def _passivate_idle(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Sweep actors idle past `idle_timeout` out of memory, until cancelled.
-        One sweep for all actors: an idle actor holds no task and no timer."""
-        task_status.started()
-        if self._idle_timeout <= 0:
-            return
-        while True:
-            await anyio.sleep(max(self._idle_timeout / 4, 0.01))
-            now = self.clock.monotonic()
-            idle = [key for key, actor in self._actors.items()
-                    if actor.idle_for(now) >= self._idle_timeout]
-            for key in idle:
-                del self._actors[key]
-            self.metrics.passivations.inc(len(idle))
-
-    def _timer_fired(self, workflow_id: str, actor_key: str) -> None:
-        if partition_of(actor_key) in self._epochs:  # else its owner has it armed
-            self._deliver(actor_key, Run(workflow_id=workflow_id))
 
     # -- ActorHost ----------------------------------------------------------------------
 
@@ -771,19 +613,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self.metrics.actor_restarts.inc()
 
     def message_done(self, actor: Actor, message: Run) -> None:
-        again = self._scheduled.pop(message.workflow_id, False)
-        self._no_longer_here(message)
-        if again:
-            self._deliver(actor.key, Run(workflow_id=message.workflow_id))
-        else:
-            self._watched.discard(message.workflow_id)
-
-    def _no_longer_here(self, message: Run) -> None:
-        """An accepted command's message left this node (handled, or sent to its
-        owner): it no longer counts against the in-flight bound here."""
-        if message.external:
-            self._in_flight -= 1
-            self._fresh.pop(message.workflow_id, None)
+        self._placement.message_done(actor, message)
 
     @staticmethod
     def _unavailable_backoff(outages: int) -> float:
@@ -868,7 +698,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         # Queued without its row: the child reads its own history when it runs. A
         # parent replayed from a stale view could start it again (the insert is a
         # no-op then), and the child must not believe it has never run.
-        self._deliver(child.actor_key, Run(workflow_id=child.id))
+        self._placement.deliver(child.actor_key, Run(workflow_id=child.id))
 
     def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
         self._timers.set(workflow_id, actor_key, fire_at)
