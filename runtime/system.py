@@ -56,6 +56,7 @@ from .metrics import RuntimeMetrics
 from .partitions import partition_of
 from .placement import Placement
 from .policy import RestartPolicy
+from .recovery import Recovery
 from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
@@ -64,8 +65,6 @@ _log = logging.getLogger("retinue.runtime")
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
 
-# Recovery reads the histories of this many workflows per query.
-_PRELOAD_CHUNK: Final = 1000
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
 # A run the journal refused (another run moved the workflow on) reloads and goes
@@ -151,18 +150,12 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._placement.host = self
         self._actors = self._placement.actors
         self._epochs = self._placement.epochs
-        self._scheduled = self._placement.scheduled
-        self._signals_seen = 0
+        self._recovery = Recovery(journal, self._placement, self.metrics)
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
-            self, self.metrics.registry, clock,
+            self._recovery, self.metrics.registry, clock,
         )
         self._cancelling: set[str] = set()
-        # Rows and histories recovery read in bulk, for each workflow's next run;
-        # what ran while recovery was reading is not preloaded (it would be stale).
-        self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
-        self._recovery_reads = 0
-        self._ran_during_recovery: set[str] = set()
         self._timers = self._placement.timers
         self._waiters = Waiters(journal, self._placement.fresh, self._placement.scheduled,
                                 self._placement.tell_watchers)
@@ -223,68 +216,20 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     def owned(self) -> Mapping[int, int]:
         """{partition: epoch} of the partitions this node owns now."""
-        return self._epochs
+        return self._recovery.owned()
 
     async def partitions_acquired(self, epochs: Mapping[int, int]) -> None:
-        """Own `epochs` and recover them: re-arm their timers, replay every
-        unfinished workflow that is not waiting, and the waiting ones that have
-        an unconsumed signal (stored just before a crash, it may not have woken
-        its workflow) or a cancel request. A waiting workflow stays out of
-        memory until its timer fires or a signal comes."""
-        self._placement.own(epochs)  # first: a wake-up that comes meanwhile is handled
-        partitions = list(epochs)
-        self._recovery_reads += 1
-        try:
-            try:
-                waiting = await self.journal.waiting_steps(partitions)
-                unfinished = await self.journal.unfinished_workflows(partitions, waiting=False)
-                woken, _ = await self.journal.runnable_workflows(partitions, 0)
-                unfinished += [row for row in woken if row.status == "waiting"]
-            except BaseException:
-                # Not recovered: owned they would stay idle. Dropped, they are acquired
-                # (and recovered) again at the next heartbeat: the leases are still ours.
-                self.stop_partitions(partitions)
-                raise
-            for timer in waiting:
-                self._timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
-            unfinished = [row for row in unfinished if row.id not in self._scheduled]
-            for start in range(0, len(unfinished), _PRELOAD_CHUNK):
-                await self._replay(unfinished[start:start + _PRELOAD_CHUNK])
-        finally:
-            self._recovery_reads -= 1
-            if not self._recovery_reads:
-                self._ran_during_recovery.clear()
-
-    async def _replay(self, rows: list[WorkflowRow]) -> None:
-        """Queue `rows` for replay with their histories read in one query, not two
-        reads each when they run."""
-        histories = await self.journal.load_histories([row.id for row in rows])
-        for row in rows:
-            # One that ran while we read has moved on: what we read is stale.
-            if row.id not in self._ran_during_recovery:
-                self._preloaded[row.id] = (row, histories[row.id])
-            self.metrics.replays.inc()
-            self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+        """Own `epochs` and recover them (see Recovery.partitions_acquired)."""
+        await self._recovery.partitions_acquired(epochs)
 
     def stop_partitions(self, partitions: Collection[int]) -> None:
         """Forget `partitions` and stop their actors now; queued messages are dropped
         (their workflows are the new owner's to resume)."""
-        gone = set(partitions)
-        for workflow_id in [w for w, (row, _) in self._preloaded.items()
-                            if row.partition in gone]:
-            del self._preloaded[workflow_id]
-        self._placement.stop(gone)
+        self._recovery.stop_partitions(partitions)
 
     async def catch_up(self) -> None:
         """Queue the work of owned partitions that a lost wake-up may have hidden."""
-        if not self._epochs:
-            return
-        rows, self._signals_seen = await self.journal.runnable_workflows(
-            list(self._epochs), self._signals_seen
-        )
-        for row in rows:
-            if row.id not in self._scheduled:
-                self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+        await self._recovery.catch_up()
 
     def _on_wake(self, payload: str) -> None:
         """A wake-up from another node (or a rebalance): run the workflow if it is ours."""
@@ -297,7 +242,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             if wake.watched:
                 self._placement.watch(wake.workflow_id)
             # Another node changed it (a cancel, a signal): what recovery read is stale.
-            self._preloaded.pop(wake.workflow_id, None)
+            self._recovery.drop_preloaded(wake.workflow_id)
             self._placement.deliver(wake.actor_key, Run(workflow_id=wake.workflow_id))
 
     # -- commands -----------------------------------------------------------------
@@ -392,7 +337,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._check_capacity()
         ids = await self.journal.request_cancel(workflow_id)
         for cancelled_id in ids:
-            self._preloaded.pop(cancelled_id, None)
+            self._recovery.drop_preloaded(cancelled_id)
         for cancelled_id in ids:
             self._cancelling.add(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
@@ -405,7 +350,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
         await self.journal.retry_workflow(workflow_id)
-        self._preloaded.pop(workflow_id, None)
+        self._recovery.drop_preloaded(workflow_id)
         row = await self.journal.get_workflow(workflow_id)
         assert row is not None
         self._placement.deliver_command(row.actor_key, workflow_id)
@@ -493,12 +438,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             _current_actor.reset(token)
 
     async def _execute(self, message: Run) -> None:
-        # What recovery read is good for the workflow's first run only: that run
-        # writes, and nothing else writes for a workflow between (one owner, one
-        # actor, one message at a time); an operator's retry drops it.
-        if self._recovery_reads:
-            self._ran_during_recovery.add(message.workflow_id)
-        preloaded = self._preloaded.pop(message.workflow_id, None)
+        preloaded = self._recovery.take_preloaded(message.workflow_id)
         row: WorkflowRow | None
         if preloaded is not None:
             row, steps = preloaded

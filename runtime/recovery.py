@@ -1,0 +1,117 @@
+"""What a node does with the journal when its share of the partitions changes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Final
+
+from journal import Journal, StepRecord, WorkflowRow
+
+from .actor import Run
+from .cluster import ClusterHost
+from .metrics import RuntimeMetrics
+from .placement import Placement
+
+__all__ = ["Recovery"]
+
+# Recovery reads the histories of this many workflows per query.
+_PRELOAD_CHUNK: Final = 1000
+
+
+class Recovery(ClusterHost):
+    """The lease manager's host: recovers the partitions this node acquires
+    (re-arms their timers, replays their unfinished workflows with histories
+    read in bulk), stops those it loses, and catches up on lost wake-ups."""
+
+    def __init__(self, journal: Journal, placement: Placement, metrics: RuntimeMetrics) -> None:
+        self._journal = journal
+        self._placement = placement
+        self._metrics = metrics
+        # Rows and histories recovery read in bulk, for each workflow's next run;
+        # what ran while recovery was reading is not preloaded (it would be stale).
+        self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
+        self._reads = 0
+        self._ran_during_reads: set[str] = set()
+        self._signals_seen = 0
+
+    def owned(self) -> Mapping[int, int]:
+        """{partition: epoch} of the partitions this node owns now."""
+        return self._placement.epochs
+
+    async def partitions_acquired(self, epochs: Mapping[int, int]) -> None:
+        """Own `epochs` and recover them: re-arm their timers, replay every
+        unfinished workflow that is not waiting, and the waiting ones that have
+        an unconsumed signal (stored just before a crash, it may not have woken
+        its workflow) or a cancel request. A waiting workflow stays out of
+        memory until its timer fires or a signal comes."""
+        self._placement.own(epochs)  # first: a wake-up that comes meanwhile is handled
+        partitions = list(epochs)
+        self._reads += 1
+        try:
+            try:
+                waiting = await self._journal.waiting_steps(partitions)
+                unfinished = await self._journal.unfinished_workflows(partitions, waiting=False)
+                woken, _ = await self._journal.runnable_workflows(partitions, 0)
+                unfinished += [row for row in woken if row.status == "waiting"]
+            except BaseException:
+                # Not recovered: owned they would stay idle. Dropped, they are acquired
+                # (and recovered) again at the next heartbeat: the leases are still ours.
+                self.stop_partitions(partitions)
+                raise
+            for timer in waiting:
+                self._placement.timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
+            unfinished = [row for row in unfinished if row.id not in self._placement.scheduled]
+            for start in range(0, len(unfinished), _PRELOAD_CHUNK):
+                await self._replay(unfinished[start:start + _PRELOAD_CHUNK])
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._ran_during_reads.clear()
+
+    async def _replay(self, rows: list[WorkflowRow]) -> None:
+        """Queue `rows` for replay with their histories read in one query, not two
+        reads each when they run."""
+        histories = await self._journal.load_histories([row.id for row in rows])
+        for row in rows:
+            # One that ran while we read has moved on: what we read is stale.
+            if row.id not in self._ran_during_reads:
+                self._preloaded[row.id] = (row, histories[row.id])
+            self._metrics.replays.inc()
+            self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+
+    def stop_partitions(self, partitions: Collection[int]) -> None:
+        """Forget `partitions` and stop their actors now; queued messages are dropped
+        (their workflows are the new owner's to resume), and so is what was read
+        for them."""
+        gone = set(partitions)
+        for workflow_id in [w for w, (row, _) in self._preloaded.items()
+                            if row.partition in gone]:
+            del self._preloaded[workflow_id]
+        self._placement.stop(gone)
+
+    async def catch_up(self) -> None:
+        """Queue the work of owned partitions that a lost wake-up may have hidden."""
+        epochs = self._placement.epochs
+        if not epochs:
+            return
+        rows, self._signals_seen = await self._journal.runnable_workflows(
+            list(epochs), self._signals_seen
+        )
+        for row in rows:
+            if row.id not in self._placement.scheduled:
+                self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+
+    # -- what was read, for the next run ------------------------------------------------
+
+    def take_preloaded(self, workflow_id: str) -> tuple[WorkflowRow, list[StepRecord]] | None:
+        """The row and history read for `workflow_id`, once; None if none was."""
+        # What recovery read is good for the workflow's first run only: that run
+        # writes, and nothing else writes for a workflow between (one owner, one
+        # actor, one message at a time); an operator's retry drops it.
+        if self._reads:
+            self._ran_during_reads.add(workflow_id)
+        return self._preloaded.pop(workflow_id, None)
+
+    def drop_preloaded(self, workflow_id: str) -> None:
+        """Something changed the workflow (a command): what was read of it is stale."""
+        self._preloaded.pop(workflow_id, None)
