@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
-from contextlib import AsyncExitStack, contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 
 import anyio
 import anyio.abc
@@ -20,7 +18,6 @@ from journal import (
     FINISHED_STATUSES,
     Batch,
     DeadLetter,
-    FencedError,
     Journal,
     JournalUnavailableError,
     NewWorkflow,
@@ -34,16 +31,15 @@ from journal import (
 from .actor import Actor, ActorHost, Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import (
-    ClusterHost,
     ClusterSettings,
     LeaseManager,
     News,
-    PartitionLost,
     default_node_id,
     parse_wake,
 )
 from .codec import from_json_value, input_type_of, to_json_value
-from .context import RunHost, Suspended, WorkflowContext
+from .commits import Committer
+from .context import Suspended, WorkflowContext
 from .errors import (
     NonDeterminismError,
     OverloadedError,
@@ -72,9 +68,6 @@ _LEAVE_TIMEOUT: Final = 5.0
 # (the supervisor's backoff, then the dead letters: something is badly wrong).
 _RELOADS: Final = 3
 
-# The actor whose message is being handled, in its task: its writes carry the
-# epoch it was started under, never a newer one its partition got since.
-_current_actor: ContextVar[Actor] = ContextVar("retinue_current_actor")
 
 
 class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,10 +89,7 @@ def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
     )
 
 
-_T = TypeVar("_T")
-
-
-class Runtime(ActorHost, RunHost, ClusterHost):
+class Runtime(ActorHost):
     """Hosts workflows on actors over a journal. Open it with `async with`.
 
     On open it joins the journal's nodes as `node_id` (default: RETINUE_NODE_ID,
@@ -149,20 +139,19 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         )
         self._placement.host = self
         self._actors = self._placement.actors
-        self._epochs = self._placement.epochs
         self._recovery = Recovery(journal, self._placement, self.metrics)
         self.cluster = LeaseManager(
             journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
             self._recovery, self.metrics.registry, clock,
         )
-        self._cancelling: set[str] = set()
         self._timers = self._placement.timers
         self._waiters = Waiters(journal, self._placement.fresh, self._placement.scheduled,
                                 self._placement.tell_watchers)
+        self._committer = Committer(
+            journal, clock, self.metrics, self._placement, self._waiters, self.cluster
+        )
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
-        self._accepting = False
-        self._ready = False
 
     # -- registration -----------------------------------------------------------
 
@@ -187,8 +176,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
                 self._tg.cancel_scope.cancel()
             await self._stack.__aexit__(None, None, None)
             raise
-        self._accepting = True
-        self._ready = True
+        self._committer.set_accepting(True)
         return self
 
     async def __aexit__(
@@ -197,8 +185,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        self._accepting = False
-        self._ready = False
+        self._committer.set_accepting(False)
         assert self._tg is not None and self._stack is not None
         if exc is None:
             with anyio.move_on_after(self._grace, shield=True):
@@ -310,7 +297,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         return _new_row(new, self.clock.now()), True
 
     def _check_open(self) -> None:
-        if not self._accepting:
+        if not self._committer.accepting:
             raise OverloadedError("the runtime is not accepting work (starting or stopping)")
 
     def _check_capacity(self, actor_key: str | None = None) -> None:
@@ -339,7 +326,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         for cancelled_id in ids:
             self._recovery.drop_preloaded(cancelled_id)
         for cancelled_id in ids:
-            self._cancelling.add(cancelled_id)
+            self._committer.mark_cancelling(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
                 self._placement.deliver_command(row.actor_key, cancelled_id)
@@ -392,7 +379,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
     @property
     def ready(self) -> bool:
         """True once recovered, while the journal is reachable and not stopping."""
-        return self._ready
+        return self._committer.ready
 
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
@@ -401,7 +388,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             in_flight=self._placement.in_flight,
             timers=len(self._timers),
             waiters=len(self._waiters),
-            ready=self._ready,
+            ready=self._committer.ready,
         )
 
     def actors(self) -> list[tuple[str, int, str | None]]:
@@ -417,25 +404,9 @@ class Runtime(ActorHost, RunHost, ClusterHost):
     # -- ActorHost ----------------------------------------------------------------------
 
     async def execute(self, actor: Actor, message: Run) -> None:
-        with self._acting_as(actor) as current:
+        with self._committer.acting_as(actor) as current:
             if current:
                 await self._execute(message)
-
-    @contextmanager
-    def _acting_as(self, actor: Actor) -> Iterator[bool]:
-        """Run as `actor` (its writes carry its epoch); yields False, and the
-        message is not handled, if its partition is no longer owned at that epoch.
-        A PartitionLost on the way ends the message: the owner replays it."""
-        if actor.epoch is None or self._epochs.get(partition_of(actor.key)) != actor.epoch:
-            yield False
-            return
-        token = _current_actor.set(actor)
-        try:
-            yield True
-        except PartitionLost:
-            pass
-        finally:
-            _current_actor.reset(token)
 
     async def _execute(self, message: Run) -> None:
         preloaded = self._recovery.take_preloaded(message.workflow_id)
@@ -448,7 +419,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
             if row is None or row.status in FINISHED_STATUSES:
                 return
             if row.cancel_requested:
-                self._cancelling.add(row.id)
+                self._committer.mark_cancelling(row.id)
             try:
                 await self._run_workflow(row, {step.seq: step for step in steps})
                 return
@@ -476,7 +447,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         fn = self._workflows.get(row.name)
         if fn is None:
             raise UnknownWorkflowTypeError(row.name, list(self._workflows))
-        ctx = WorkflowContext(self, row, history, self._new_id())
+        ctx = WorkflowContext(self._committer, row, history, self._new_id())
         workflow_input = from_json_value(row.input, input_type_of(fn))
         try:
             result = await fn(ctx, workflow_input)
@@ -494,7 +465,7 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         result: Any = None, error: str | None = None,
     ) -> None:
         await ctx.finish(outcome, result=result, error=error)
-        self._cancelling.discard(row.id)
+        self._committer.clear_cancelling(row.id)
         self.metrics.workflows_finished.labels(row.name, outcome).inc()
         elapsed = (self.clock.now() - row.created_at).total_seconds()
         self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
@@ -511,36 +482,25 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         # The workflow is failed first, so that a redelivery of the letter always
         # finds it failed and can retry it.
         text = f"{type(error).__name__}: {error}"
-        with self._acting_as(actor) as current:
+        with self._committer.acting_as(actor) as current:
             if not current:
                 return  # its partition moved: the new owner replays the message
             await self._fail_dead_lettered(message, text)
-            await self._outlasting(lambda: self.journal.add_dead_letter(
+            await self._committer.outlast(lambda: self.journal.add_dead_letter(
                 actor.key, {"workflow_id": message.workflow_id}, text
             ))
             self.metrics.dead_letters.inc()
 
-    async def _outlasting(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """`call()`, again and again (with backoff) while the database is away."""
-        outages = 0
-        while True:
-            try:
-                return await call()
-            except JournalUnavailableError:
-                outages += 1
-                self.metrics.journal_unavailable.inc()
-                await anyio.sleep(self._unavailable_backoff(outages))
-
     async def _fail_dead_lettered(self, message: Run, text: str) -> None:
-        row = await self._outlasting(lambda: self.journal.get_workflow(message.workflow_id))
+        row = await self._committer.outlast(lambda: self.journal.get_workflow(message.workflow_id))
         if row is not None and row.status not in FINISHED_STATUSES:
             change = StatusChange(
                 workflow_id=row.id, status="failed",
                 error=f"dead-lettered after {self._restart.max_crashes} crashes: {text}",
             )
             try:
-                await self.commit(
-                    Batch(partition=row.partition, epoch=self.epoch_of(row.partition),
+                await self._committer.commit(
+                    Batch(partition=row.partition, epoch=self._committer.epoch_of(row.partition),
                           statuses=(change,))
                 )
             except StaleRunError:
@@ -554,97 +514,3 @@ class Runtime(ActorHost, RunHost, ClusterHost):
 
     def message_done(self, actor: Actor, message: Run) -> None:
         self._placement.message_done(actor, message)
-
-    @staticmethod
-    def _unavailable_backoff(outages: int) -> float:
-        return float(min(2.0, 0.05 * 2 ** min(outages, 6)))
-
-    # -- RunHost ------------------------------------------------------------------------
-
-    async def commit(self, batch: Batch) -> None:
-        """Append `batch`, waiting out a database outage (with backoff) meanwhile."""
-        outages = 0
-        while True:
-            began = time.perf_counter()
-            try:
-                # Sent again after an outage, the very same batch is a no-op if its
-                # first try landed with the answer lost: the journal makes it so.
-                await self.journal.append(batch)
-            except JournalUnavailableError:
-                outages += 1
-                self._ready = False
-                self.metrics.journal_unavailable.inc()
-                await anyio.sleep(self._unavailable_backoff(outages))
-                continue
-            except FencedError as exc:
-                self._fenced(batch)
-                raise PartitionLost(batch.partition) from exc
-            except StaleRunError as exc:
-                if batch.run is None:
-                    raise
-                raise RunSuperseded(batch.run.workflow_id) from exc
-            self.metrics.journal_append.observe(time.perf_counter() - began)
-            if not self._ready and self._accepting:
-                # The journal answers again. Not only after this commit's own outage:
-                # the commits that saw it may all have been fenced since (an outage
-                # longer than the lease TTL moves every partition), and then only
-                # the recovered runs' commits are left to say so.
-                self._ready = True
-            return
-
-    def _fenced(self, batch: Batch) -> None:
-        """The journal refused `batch`: another node owns its partition now."""
-        self.cluster.metrics.fenced_appends.inc()
-        if self._epochs.get(batch.partition) == batch.epoch:
-            self.cluster.lost([batch.partition], f"an append at epoch {batch.epoch} was fenced")
-
-    def epoch_of(self, partition: int) -> int:
-        """The epoch to write `partition` under: the one the running actor started
-        with. Raises PartitionLost if this node does not own it at that epoch."""
-        epoch = self._epochs.get(partition)
-        actor = _current_actor.get(None)
-        if epoch is None or (actor is not None and actor.epoch != epoch
-                             and partition_of(actor.key) == partition):
-            raise PartitionLost(partition)
-        return epoch
-
-    def partition_of(self, actor_key: str) -> int:
-        return partition_of(actor_key)
-
-    def cancel_requested(self, workflow_id: str) -> bool:
-        return workflow_id in self._cancelling
-
-    def _actor_of(self, actor_key: str) -> Actor:
-        actor = _current_actor.get(None)
-        if actor is None or actor.key != actor_key:
-            actor = self._actors.get(actor_key)
-        if actor is None:  # stopped: its partition moved
-            raise PartitionLost(partition_of(actor_key))
-        return actor
-
-    async def next_event_seq(self, actor_key: str) -> int:
-        actor = self._actor_of(actor_key)
-        if actor.next_event_seq is None:  # loaded on the actor's first write
-            actor.next_event_seq = await self.journal.last_event_seq(actor_key) + 1
-        return actor.next_event_seq
-
-    def events_committed(self, actor_key: str, count: int) -> None:
-        actor = self._actor_of(actor_key)
-        assert actor.next_event_seq is not None
-        actor.next_event_seq += count
-
-    def child_started(self, child: NewWorkflow) -> None:
-        self.metrics.workflows_started.labels(child.name).inc()
-        # Queued without its row: the child reads its own history when it runs. A
-        # parent replayed from a stale view could start it again (the insert is a
-        # no-op then), and the child must not believe it has never run.
-        self._placement.deliver(child.actor_key, Run(workflow_id=child.id))
-
-    def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
-        self._timers.set(workflow_id, actor_key, fire_at)
-
-    def event_published(self, workflow_id: str, key: str, value: Any) -> None:
-        self._waiters.published(workflow_id, key, value)
-
-    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
-        self.metrics.step_finished(workflow, step, outcome, seconds)

@@ -1,0 +1,208 @@
+"""What a running workflow asks of its node (the RunHost): commits, epochs, events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+
+from journal import (
+    Batch,
+    FencedError,
+    Journal,
+    JournalUnavailableError,
+    NewWorkflow,
+    StaleRunError,
+)
+
+from .actor import Actor, Run
+from .clock import Clock
+from .cluster import LeaseManager, PartitionLost
+from .context import RunHost
+from .errors import RunSuperseded
+from .metrics import RuntimeMetrics
+from .partitions import partition_of
+from .placement import Placement
+from .policy import unavailable_backoff
+from .waiters import Waiters
+
+__all__ = ["Committer"]
+
+_T = TypeVar("_T")
+
+# The actor whose message is being handled, in its task: its writes carry the
+# epoch it was started under, never a newer one its partition got since.
+_current_actor: ContextVar[Actor] = ContextVar("retinue_current_actor")
+
+
+class Committer(RunHost):
+    """The RunHost every WorkflowContext of this node talks to: appends its
+    batches (waiting out an outage, translating the journal's refusals), the epoch
+    its writes carry, its actor's event numbering, and what its commits start
+    (children, timers, events for waiters).
+
+    `ready`: the Runtime takes commands (`accepting`, set by it) and no commit has
+    found the database away since the journal last answered."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        clock: Clock,
+        metrics: RuntimeMetrics,
+        placement: Placement,
+        waiters: Waiters,
+        cluster: LeaseManager,
+    ) -> None:
+        self.journal = journal
+        self.clock = clock
+        self._metrics = metrics
+        self._placement = placement
+        self._epochs = placement.epochs
+        self._actors = placement.actors
+        self._timers = placement.timers
+        self._waiters = waiters
+        self._cluster = cluster
+        self._cancelling: set[str] = set()
+        self.accepting = False
+        self.ready = False
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Open (True) or close the Runtime to commands; ready along with it."""
+        self.accepting = accepting
+        self.ready = accepting
+
+    @contextmanager
+    def acting_as(self, actor: Actor) -> Iterator[bool]:
+        """Run as `actor` (its writes carry its epoch); yields False, and the
+        message is not handled, if its partition is no longer owned at that epoch.
+        A PartitionLost on the way ends the message: the owner replays it."""
+        if actor.epoch is None or self._epochs.get(partition_of(actor.key)) != actor.epoch:
+            yield False
+            return
+        token = _current_actor.set(actor)
+        try:
+            yield True
+        except PartitionLost:
+            pass
+        finally:
+            _current_actor.reset(token)
+
+    # -- appends --------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> None:
+        """Append `batch`, waiting out a database outage (with backoff) meanwhile."""
+        outages = 0
+        while True:
+            began = time.perf_counter()
+            try:
+                # Sent again after an outage, the very same batch is a no-op if its
+                # first try landed with the answer lost: the journal makes it so.
+                await self.journal.append(batch)
+            except JournalUnavailableError:
+                outages += 1
+                self.ready = False
+                self._metrics.journal_unavailable.inc()
+                await anyio.sleep(unavailable_backoff(outages))
+                continue
+            except FencedError as exc:
+                self._fenced(batch)
+                raise PartitionLost(batch.partition) from exc
+            except StaleRunError as exc:
+                if batch.run is None:
+                    raise
+                raise RunSuperseded(batch.run.workflow_id) from exc
+            self._metrics.journal_append.observe(time.perf_counter() - began)
+            if not self.ready and self.accepting:
+                # The journal answers again. Not only after this commit's own outage:
+                # the commits that saw it may all have been fenced since (an outage
+                # longer than the lease TTL moves every partition), and then only
+                # the recovered runs' commits are left to say so.
+                self.ready = True
+            return
+
+    def _fenced(self, batch: Batch) -> None:
+        """The journal refused `batch`: another node owns its partition now."""
+        self._cluster.metrics.fenced_appends.inc()
+        if self._epochs.get(batch.partition) == batch.epoch:
+            self._cluster.lost([batch.partition], f"an append at epoch {batch.epoch} was fenced")
+
+    async def outlast(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call()`, again and again (with backoff) while the database is away."""
+        outages = 0
+        while True:
+            try:
+                return await call()
+            except JournalUnavailableError:
+                outages += 1
+                self._metrics.journal_unavailable.inc()
+                await anyio.sleep(unavailable_backoff(outages))
+
+    def epoch_of(self, partition: int) -> int:
+        """The epoch to write `partition` under: the one the running actor started
+        with. Raises PartitionLost if this node does not own it at that epoch."""
+        epoch = self._epochs.get(partition)
+        actor = _current_actor.get(None)
+        if epoch is None or (actor is not None and actor.epoch != epoch
+                             and partition_of(actor.key) == partition):
+            raise PartitionLost(partition)
+        return epoch
+
+    def partition_of(self, actor_key: str) -> int:
+        return partition_of(actor_key)
+
+    # -- cancel requests --------------------------------------------------------------
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        return workflow_id in self._cancelling
+
+    def mark_cancelling(self, workflow_id: str) -> None:
+        """A cancel was requested: the workflow stops at its next step boundary."""
+        self._cancelling.add(workflow_id)
+
+    def clear_cancelling(self, workflow_id: str) -> None:
+        """The workflow ended here."""
+        self._cancelling.discard(workflow_id)
+
+    # -- the actor's event log --------------------------------------------------------
+
+    def _actor_of(self, actor_key: str) -> Actor:
+        actor = _current_actor.get(None)
+        if actor is None or actor.key != actor_key:
+            actor = self._actors.get(actor_key)
+        if actor is None:  # stopped: its partition moved
+            raise PartitionLost(partition_of(actor_key))
+        return actor
+
+    async def next_event_seq(self, actor_key: str) -> int:
+        actor = self._actor_of(actor_key)
+        if actor.next_event_seq is None:  # loaded on the actor's first write
+            actor.next_event_seq = await self.journal.last_event_seq(actor_key) + 1
+        return actor.next_event_seq
+
+    def events_committed(self, actor_key: str, count: int) -> None:
+        actor = self._actor_of(actor_key)
+        assert actor.next_event_seq is not None
+        actor.next_event_seq += count
+
+    # -- what a commit started --------------------------------------------------------
+
+    def child_started(self, child: NewWorkflow) -> None:
+        self._metrics.workflows_started.labels(child.name).inc()
+        # Queued without its row: the child reads its own history when it runs. A
+        # parent replayed from a stale view could start it again (the insert is a
+        # no-op then), and the child must not believe it has never run.
+        self._placement.deliver(child.actor_key, Run(workflow_id=child.id))
+
+    def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
+        self._timers.set(workflow_id, actor_key, fire_at)
+
+    def event_published(self, workflow_id: str, key: str, value: Any) -> None:
+        self._waiters.published(workflow_id, key, value)
+
+    def step_finished(self, workflow: str, step: str, outcome: str, seconds: float) -> None:
+        self._metrics.step_finished(workflow, step, outcome, seconds)
