@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
@@ -21,14 +21,11 @@ from journal import (
     Journal,
     JournalUnavailableError,
     NewWorkflow,
-    StaleRunError,
-    StatusChange,
-    StepRecord,
     WorkflowNotFoundError,
     WorkflowRow,
 )
 
-from .actor import Actor, ActorHost, Run
+from .actor import Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import (
     ClusterSettings,
@@ -37,17 +34,13 @@ from .cluster import (
     default_node_id,
     parse_wake,
 )
-from .codec import from_json_value, input_type_of, to_json_value
+from .codec import to_json_value
 from .commits import Committer
-from .context import Suspended, WorkflowContext
 from .errors import (
-    NonDeterminismError,
     OverloadedError,
-    RunSuperseded,
-    StepFailedError,
     UnknownWorkflowTypeError,
-    WorkflowCancelledError,
 )
+from .execution import Executor, WorkflowFn
 from .metrics import RuntimeMetrics
 from .partitions import partition_of
 from .placement import Placement
@@ -59,14 +52,8 @@ __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
 
 _log = logging.getLogger("retinue.runtime")
 
-WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
-
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
-# A run the journal refused (another run moved the workflow on) reloads and goes
-# on from the journal; this many times in one message at most, then it crashes
-# (the supervisor's backoff, then the dead letters: something is badly wrong).
-_RELOADS: Final = 3
 
 
 
@@ -89,7 +76,7 @@ def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
     )
 
 
-class Runtime(ActorHost):
+class Runtime:
     """Hosts workflows on actors over a journal. Open it with `async with`.
 
     On open it joins the journal's nodes as `node_id` (default: RETINUE_NODE_ID,
@@ -137,7 +124,6 @@ class Runtime(ActorHost):
             journal, clock, self.metrics, mailbox_size=mailbox_size,
             max_in_flight=max_in_flight, idle_timeout=idle_timeout, restart=self._restart,
         )
-        self._placement.host = self
         self._actors = self._placement.actors
         self._recovery = Recovery(journal, self._placement, self.metrics)
         self.cluster = LeaseManager(
@@ -150,6 +136,11 @@ class Runtime(ActorHost):
         self._committer = Committer(
             journal, clock, self.metrics, self._placement, self._waiters, self.cluster
         )
+        self._executor = Executor(
+            self._committer, self._placement, self._recovery, self._waiters,
+            workflows=self._workflows, new_id=new_id, restart=self._restart, metrics=self.metrics,
+        )
+        self._placement.host = self._executor
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -395,122 +386,7 @@ class Runtime(ActorHost):
         """(key, mailbox depth, workflow being run) of every active actor."""
         return [(a.key, a.depth(), a.current) for a in self._actors.values()]
 
-    def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self._placement.spawn(run)
-
-    def monotonic(self) -> float:
-        return self.clock.monotonic()
-
-    # -- ActorHost ----------------------------------------------------------------------
-
-    async def execute(self, actor: Actor, message: Run) -> None:
-        with self._committer.acting_as(actor) as current:
-            if current:
-                await self._execute(message)
-
-    async def _execute(self, message: Run) -> None:
-        preloaded = self._recovery.take_preloaded(message.workflow_id)
-        row: WorkflowRow | None
-        if preloaded is not None:
-            row, steps = preloaded
-        else:
-            row, steps = await self._load(message)
-        for _ in range(_RELOADS):
-            if row is None or row.status in FINISHED_STATUSES:
-                return
-            if row.cancel_requested:
-                self._committer.mark_cancelling(row.id)
-            try:
-                await self._run_workflow(row, {step.seq: step for step in steps})
-                return
-            except RunSuperseded:
-                # The journal refused this run: it was behind. Nothing it did was
-                # written past that point; go on from what the journal holds.
-                self.metrics.duplicate_runs.inc()
-                _log.warning("workflow %s: a stale run was refused by the journal; "
-                             "reloading it", message.workflow_id)
-                row, steps = await self._load(Run(workflow_id=message.workflow_id))
-        raise RuntimeError(
-            f"workflow {message.workflow_id!r} was refused by the journal {_RELOADS} times "
-            "in a row: another run keeps moving it on; look for two nodes running it"
-        )
-
-    async def _load(self, message: Run) -> tuple[WorkflowRow | None, list[StepRecord]]:
-        if message.row is not None and message.row.status not in FINISHED_STATUSES:
-            return message.row, []  # just written here, never run: no history
-        row = await self.journal.get_workflow(message.workflow_id)
-        if row is None or row.status in FINISHED_STATUSES:
-            return row, []
-        return row, await self.journal.load_steps(row.id)
-
-    async def _run_workflow(self, row: WorkflowRow, history: dict[int, Any]) -> None:
-        fn = self._workflows.get(row.name)
-        if fn is None:
-            raise UnknownWorkflowTypeError(row.name, list(self._workflows))
-        ctx = WorkflowContext(self._committer, row, history, self._new_id())
-        workflow_input = from_json_value(row.input, input_type_of(fn))
-        try:
-            result = await fn(ctx, workflow_input)
-        except Suspended:
-            return
-        except WorkflowCancelledError as exc:
-            await self._finish(ctx, row, "cancelled", error=str(exc))
-        except (StepFailedError, NonDeterminismError) as exc:
-            await self._finish(ctx, row, "failed", error=str(exc))
-        else:
-            await self._finish(ctx, row, "completed", result=to_json_value(result))
-
-    async def _finish(
-        self, ctx: WorkflowContext, row: WorkflowRow, outcome: str, *,
-        result: Any = None, error: str | None = None,
-    ) -> None:
-        await ctx.finish(outcome, result=result, error=error)
-        self._committer.clear_cancelling(row.id)
-        self.metrics.workflows_finished.labels(row.name, outcome).inc()
-        elapsed = (self.clock.now() - row.created_at).total_seconds()
-        self.metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
-        self._waiters.finished(msgspec.structs.replace(
-            row, status=outcome, result=result, error=error, updated_at=self.clock.now()
-        ))
-
     def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:
         """Call `listener(row)` each time a workflow ends here, after its end is
         committed (tracing exports it). It must not block or raise."""
         self._waiters.add_finish_listener(listener)
-
-    async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
-        # The workflow is failed first, so that a redelivery of the letter always
-        # finds it failed and can retry it.
-        text = f"{type(error).__name__}: {error}"
-        with self._committer.acting_as(actor) as current:
-            if not current:
-                return  # its partition moved: the new owner replays the message
-            await self._fail_dead_lettered(message, text)
-            await self._committer.outlast(lambda: self.journal.add_dead_letter(
-                actor.key, {"workflow_id": message.workflow_id}, text
-            ))
-            self.metrics.dead_letters.inc()
-
-    async def _fail_dead_lettered(self, message: Run, text: str) -> None:
-        row = await self._committer.outlast(lambda: self.journal.get_workflow(message.workflow_id))
-        if row is not None and row.status not in FINISHED_STATUSES:
-            change = StatusChange(
-                workflow_id=row.id, status="failed",
-                error=f"dead-lettered after {self._restart.max_crashes} crashes: {text}",
-            )
-            try:
-                await self._committer.commit(
-                    Batch(partition=row.partition, epoch=self._committer.epoch_of(row.partition),
-                          statuses=(change,))
-                )
-            except StaleRunError:
-                return  # it finished meanwhile: nothing to fail
-            self._waiters.finished(
-                msgspec.structs.replace(row, status="failed", error=change.error)
-            )
-
-    def actor_restarted(self, actor: Actor) -> None:
-        self.metrics.actor_restarts.inc()
-
-    def message_done(self, actor: Actor, message: Run) -> None:
-        self._placement.message_done(actor, message)

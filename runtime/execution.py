@@ -1,0 +1,188 @@
+"""Running a workflow's Run on its actor (the ActorHost): load, replay, finish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from journal import FINISHED_STATUSES, Batch, StaleRunError, StatusChange, StepRecord, WorkflowRow
+
+from .actor import Actor, ActorHost, Run
+from .codec import from_json_value, input_type_of, to_json_value
+from .commits import Committer
+from .context import Suspended, WorkflowContext
+from .errors import (
+    NonDeterminismError,
+    RunSuperseded,
+    StepFailedError,
+    UnknownWorkflowTypeError,
+    WorkflowCancelledError,
+)
+from .metrics import RuntimeMetrics
+from .placement import Placement
+from .policy import RestartPolicy
+from .recovery import Recovery
+from .waiters import Waiters
+
+__all__ = ["Executor", "WorkflowFn"]
+
+_log = logging.getLogger("retinue.runtime")
+
+WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
+
+# A run the journal refused (another run moved the workflow on) reloads and goes
+# on from the journal; this many times in one message at most, then it crashes
+# (the supervisor's backoff, then the dead letters: something is badly wrong).
+_RELOADS: Final = 3
+
+
+class Executor(ActorHost):
+    """The host of every actor: handles a Run by replaying its workflow (from
+    what recovery read, the row it came with, or the journal) against the
+    Committer, records how it ended, and fails a dead-lettered one. Finished
+    and dropped messages go back to Placement."""
+
+    def __init__(
+        self,
+        committer: Committer,
+        placement: Placement,
+        recovery: Recovery,
+        waiters: Waiters,
+        *,
+        workflows: Mapping[str, WorkflowFn],
+        new_id: Callable[[], str],
+        restart: RestartPolicy,
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self._committer = committer
+        self._journal = committer.journal
+        self._clock = committer.clock
+        self._placement = placement
+        self._recovery = recovery
+        self._waiters = waiters
+        self._workflows = workflows
+        self._new_id = new_id
+        self._restart = restart
+        self._metrics = metrics
+
+    async def execute(self, actor: Actor, message: Run) -> None:
+        with self._committer.acting_as(actor) as current:
+            if current:
+                await self._execute(message)
+
+    async def _execute(self, message: Run) -> None:
+        preloaded = self._recovery.take_preloaded(message.workflow_id)
+        row: WorkflowRow | None
+        if preloaded is not None:
+            row, steps = preloaded
+        else:
+            row, steps = await self._load(message)
+        for _ in range(_RELOADS):
+            if row is None or row.status in FINISHED_STATUSES:
+                return
+            if row.cancel_requested:
+                self._committer.mark_cancelling(row.id)
+            try:
+                await self._run_workflow(row, {step.seq: step for step in steps})
+                return
+            except RunSuperseded:
+                # The journal refused this run: it was behind. Nothing it did was
+                # written past that point; go on from what the journal holds.
+                self._metrics.duplicate_runs.inc()
+                _log.warning("workflow %s: a stale run was refused by the journal; "
+                             "reloading it", message.workflow_id)
+                row, steps = await self._load(Run(workflow_id=message.workflow_id))
+        raise RuntimeError(
+            f"workflow {message.workflow_id!r} was refused by the journal {_RELOADS} times "
+            "in a row: another run keeps moving it on; look for two nodes running it"
+        )
+
+    async def _load(self, message: Run) -> tuple[WorkflowRow | None, list[StepRecord]]:
+        if message.row is not None and message.row.status not in FINISHED_STATUSES:
+            return message.row, []  # just written here, never run: no history
+        row = await self._journal.get_workflow(message.workflow_id)
+        if row is None or row.status in FINISHED_STATUSES:
+            return row, []
+        return row, await self._journal.load_steps(row.id)
+
+    async def _run_workflow(self, row: WorkflowRow, history: dict[int, Any]) -> None:
+        fn = self._workflows.get(row.name)
+        if fn is None:
+            raise UnknownWorkflowTypeError(row.name, list(self._workflows))
+        ctx = WorkflowContext(self._committer, row, history, self._new_id())
+        workflow_input = from_json_value(row.input, input_type_of(fn))
+        try:
+            result = await fn(ctx, workflow_input)
+        except Suspended:
+            return
+        except WorkflowCancelledError as exc:
+            await self._finish(ctx, row, "cancelled", error=str(exc))
+        except (StepFailedError, NonDeterminismError) as exc:
+            await self._finish(ctx, row, "failed", error=str(exc))
+        else:
+            await self._finish(ctx, row, "completed", result=to_json_value(result))
+
+    async def _finish(
+        self, ctx: WorkflowContext, row: WorkflowRow, outcome: str, *,
+        result: Any = None, error: str | None = None,
+    ) -> None:
+        await ctx.finish(outcome, result=result, error=error)
+        self._committer.clear_cancelling(row.id)
+        self._metrics.workflows_finished.labels(row.name, outcome).inc()
+        elapsed = (self._clock.now() - row.created_at).total_seconds()
+        self._metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
+        self._waiters.finished(msgspec.structs.replace(
+            row, status=outcome, result=result, error=error, updated_at=self._clock.now()
+        ))
+
+    # -- crashes --------------------------------------------------------------------
+
+    async def dead_letter(self, actor: Actor, message: Run, error: BaseException) -> None:
+        # The workflow is failed first, so that a redelivery of the letter always
+        # finds it failed and can retry it.
+        text = f"{type(error).__name__}: {error}"
+        with self._committer.acting_as(actor) as current:
+            if not current:
+                return  # its partition moved: the new owner replays the message
+            await self._fail_dead_lettered(message, text)
+            await self._committer.outlast(lambda: self._journal.add_dead_letter(
+                actor.key, {"workflow_id": message.workflow_id}, text
+            ))
+            self._metrics.dead_letters.inc()
+
+    async def _fail_dead_lettered(self, message: Run, text: str) -> None:
+        row = await self._committer.outlast(
+            lambda: self._journal.get_workflow(message.workflow_id)
+        )
+        if row is not None and row.status not in FINISHED_STATUSES:
+            change = StatusChange(
+                workflow_id=row.id, status="failed",
+                error=f"dead-lettered after {self._restart.max_crashes} crashes: {text}",
+            )
+            try:
+                await self._committer.commit(
+                    Batch(partition=row.partition, epoch=self._committer.epoch_of(row.partition),
+                          statuses=(change,))
+                )
+            except StaleRunError:
+                return  # it finished meanwhile: nothing to fail
+            self._waiters.finished(
+                msgspec.structs.replace(row, status="failed", error=change.error)
+            )
+
+    def actor_restarted(self, actor: Actor) -> None:
+        self._metrics.actor_restarts.inc()
+
+    # -- the actor's life -------------------------------------------------------------
+
+    def message_done(self, actor: Actor, message: Run) -> None:
+        self._placement.message_done(actor, message)
+
+    def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._placement.spawn(run)
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
