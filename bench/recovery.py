@@ -3,10 +3,11 @@
 A child process (bench/_recovery_app.py) accepts N workflows of 3 steps, a durable
 sleep, 1 step. In it, step 3 is an external call that does not return, so once all
 N are accepted every one is in flight inside step 3 (its write-ahead record
-journaled, no result): then the child is SIGKILLed. A new child on
-the same database replays every unfinished workflow (Runtime.__aenter__ -> _recover);
-this process polls the workflows table until all N are completed. Nothing accepted
-may be lost, and a completed workflow must hold all its steps and its result.
+journaled, no result): then the child is SIGKILLed. A new child on the same
+database replays every unfinished workflow (Runtime.__aenter__ -> cluster.join ->
+Recovery.partitions_acquired); this process polls the workflows table until all
+N are completed. Nothing accepted may be lost, and a completed workflow must hold
+all its steps and its result.
 Run: python -m bench recovery [--workflows 10000] [--sleep 0.5]
 """
 

@@ -51,7 +51,6 @@ class Executor(ActorHost):
         placement: Placement,
         recovery: Recovery,
         waiters: Waiters,
-        *,
         workflows: Mapping[str, WorkflowFn],
         new_id: Callable[[], str],
         restart: RestartPolicy,

@@ -1,8 +1,20 @@
-"""The Runtime: actors by key, workflows on them, recovery, timers and signals."""
+"""The Runtime: one node's public face, over the collaborators that do the work.
+
+    Placement  (placement.py)  where messages go: owned partitions, actors, one Run
+                               per workflow, timers, commands in flight, wake-ups out
+    Recovery   (recovery.py)   the lease manager's host: recover acquired partitions,
+                               stop lost ones, catch up on lost wake-ups
+    Waiters    (waiters.py)    callers waiting for a workflow's events or its end
+    Committer  (commits.py)    the RunHost a WorkflowContext talks to: commits, epochs
+    Executor   (execution.py)  the ActorHost: runs a Run, records its end, dead letters
+
+Runtime builds and wires them, opens and closes them, registers workflows, and
+turns the commands (start, signal, cancel, retry, redeliver) into journal
+writes and Runs.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -27,19 +39,10 @@ from journal import (
 
 from .actor import Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
-from .cluster import (
-    ClusterSettings,
-    LeaseManager,
-    News,
-    default_node_id,
-    parse_wake,
-)
+from .cluster import ClusterSettings, LeaseManager, News, default_node_id, parse_wake
 from .codec import to_json_value
 from .commits import Committer
-from .errors import (
-    OverloadedError,
-    UnknownWorkflowTypeError,
-)
+from .errors import OverloadedError, UnknownWorkflowTypeError
 from .execution import Executor, WorkflowFn
 from .metrics import RuntimeMetrics
 from .partitions import partition_of
@@ -50,14 +53,13 @@ from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
 
-_log = logging.getLogger("retinue.runtime")
-
 # A graceful shutdown hands the leases over within this long, else they run out.
 _LEAVE_TIMEOUT: Final = 5.0
 
 
-
 class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one Runtime's load (`Runtime.statistics()`)."""
+
     active_actors: int
     mailbox_depth: int
     in_flight: int
@@ -96,53 +98,33 @@ class Runtime:
     # that the journal catches it.
     trust_stale_rows = False
 
+    _tg: anyio.abc.TaskGroup | None = None  # while open
+    _stack: AsyncExitStack | None = None
+
     def __init__(
-        self,
-        journal: Journal,
-        *,
-        node_id: str | None = None,
-        mailbox_size: int = 64,
-        max_in_flight: int = 10_000,
-        idle_timeout: float = 60.0,
-        restart: RestartPolicy | None = None,
-        grace: float = 5.0,
-        registry: CollectorRegistry | None = None,
-        heartbeat_interval: float | None = None,
-        lease_ttl: float | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        self, journal: Journal, *, node_id: str | None = None, mailbox_size: int = 64,
+        max_in_flight: int = 10_000, idle_timeout: float = 60.0,
+        restart: RestartPolicy | None = None, grace: float = 5.0,
+        registry: CollectorRegistry | None = None, heartbeat_interval: float | None = None,
+        lease_ttl: float | None = None, clock: Clock = SYSTEM_CLOCK,
         new_id: Callable[[], str] = new_id,
     ) -> None:
-        self.journal = journal
-        self.clock = clock
-        self._new_id = new_id
+        self.journal, self.clock, self._new_id, self._grace = journal, clock, new_id, grace
         self.node_id = node_id or default_node_id()
-        self.metrics = RuntimeMetrics(registry or CollectorRegistry())
-        self._restart = restart or RestartPolicy()
-        self._grace = grace
+        self.metrics = metrics = RuntimeMetrics(registry or CollectorRegistry())
         self._workflows: dict[str, WorkflowFn] = {}
-        self._placement = Placement(
-            journal, clock, self.metrics, mailbox_size=mailbox_size,
-            max_in_flight=max_in_flight, idle_timeout=idle_timeout, restart=self._restart,
-        )
-        self._actors = self._placement.actors
-        self._recovery = Recovery(journal, self._placement, self.metrics)
-        self.cluster = LeaseManager(
-            journal, self.node_id, ClusterSettings.from_env(heartbeat_interval, lease_ttl),
-            self._recovery, self.metrics.registry, clock,
-        )
-        self._timers = self._placement.timers
-        self._waiters = Waiters(journal, self._placement.fresh, self._placement.scheduled,
-                                self._placement.tell_watchers)
-        self._committer = Committer(
-            journal, clock, self.metrics, self._placement, self._waiters, self.cluster
-        )
-        self._executor = Executor(
-            self._committer, self._placement, self._recovery, self._waiters,
-            workflows=self._workflows, new_id=new_id, restart=self._restart, metrics=self.metrics,
-        )
-        self._placement.host = self._executor
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._stack: AsyncExitStack | None = None
+        restart = restart or RestartPolicy()
+        self._placement = placement = Placement(
+            journal, clock, metrics, mailbox_size=mailbox_size, max_in_flight=max_in_flight,
+            idle_timeout=idle_timeout, restart=restart)
+        self._recovery = Recovery(journal, placement, metrics)
+        self.cluster = LeaseManager(journal, self.node_id, ClusterSettings.from_env(
+            heartbeat_interval, lease_ttl), self._recovery, metrics.registry, clock)
+        self._waiters = Waiters(journal, placement.fresh, placement.scheduled,
+                                placement.tell_watchers)
+        self._committer = Committer(journal, clock, metrics, placement, self._waiters, self.cluster)
+        placement.host = Executor(self._committer, placement, self._recovery, self._waiters,
+                                  self._workflows, new_id, restart, metrics)
 
     # -- registration -----------------------------------------------------------
 
@@ -190,7 +172,7 @@ class Runtime:
         self._tg.cancel_scope.cancel()
         return await self._stack.__aexit__(exc_type, exc, tb)
 
-    # -- partitions (ClusterHost) -------------------------------------------------
+    # -- partitions (the ClusterHost is Recovery; these stay public) ----------------
 
     def owned(self) -> Mapping[int, int]:
         """{partition: epoch} of the partitions this node owns now."""
@@ -374,17 +356,17 @@ class Runtime:
 
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
-            active_actors=len(self._actors),
+            active_actors=len(self._placement.actors),
             mailbox_depth=self._placement.mailbox_depth(),
             in_flight=self._placement.in_flight,
-            timers=len(self._timers),
+            timers=len(self._placement.timers),
             waiters=len(self._waiters),
             ready=self._committer.ready,
         )
 
     def actors(self) -> list[tuple[str, int, str | None]]:
         """(key, mailbox depth, workflow being run) of every active actor."""
-        return [(a.key, a.depth(), a.current) for a in self._actors.values()]
+        return [(a.key, a.depth(), a.current) for a in self._placement.actors.values()]
 
     def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:
         """Call `listener(row)` each time a workflow ends here, after its end is
