@@ -26,14 +26,17 @@ _log = logging.getLogger("retinue.runtime")
 
 
 class Placement:
-    """Queues each Run on its actor when this node owns the partition, else wakes
-    the owner; one Run per workflow at a time; the partitions owned and their
-    actors (activated on their first message, swept out when idle), the durable
-    timers armed here, the accepted commands in flight, and the wake-ups sent to
-    other nodes in bunches. Opened by `start`, inside the Runtime's task group.
+    """Where messages go on this node.
 
-    Shared with the other collaborators, never rebound: `epochs` {partition:
-    epoch} of the partitions owned, `actors` by key, `scheduled`, `fresh`, `timers`.
+    A Run is queued on its actor when this node owns the actor's partition, else
+    the owner is woken; a workflow has one Run at a time here. Placement keeps
+    the partitions owned and their epochs, the actors (activated by their first
+    message, swept out when idle), the durable timers armed here, the commands
+    accepted here and still in flight, and the wake-ups for other nodes (sent in
+    bunches). `start` opens it in the Runtime's task group.
+
+    Shared with the other collaborators and never rebound: `epochs`, `actors`,
+    `scheduled`, `fresh`, `timers`.
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class Placement:
         # they published so far: for them memory is the truth, and waiting for
         # their events or end needs no read of the journal.
         self.fresh: dict[str, dict[str, Any]] = {}
+        # Commands accepted here whose message has not left this node (handled,
+        # or sent to the partition's owner): what the in-flight bound counts.
         self.in_flight = 0
         # Workflows run here for a command another node took: it waits for news.
         self._watched: set[str] = set()
