@@ -141,11 +141,11 @@ class SimJournal:
     async def wake(self, payloads: Sequence[str]) -> None:
         async def send(*args: Any) -> None:
             if self._struck(self.profile.drop_wake_p):
-                self._add(f"wake dropped {summarize(list(payloads))}")
+                self._add(f"wake dropped {summarize(list(payloads))}", fault="wake dropped")
                 return
             await self._inner.wake(payloads)
             if self._struck(self.profile.dup_wake_p):
-                self._add(f"wake sent twice {summarize(list(payloads))}")
+                self._add(f"wake sent twice {summarize(list(payloads))}", fault="wake doubled")
                 await self._inner.wake(payloads)
 
         await self._call("wake", send, (list(payloads),), {})
@@ -156,12 +156,12 @@ class SimJournal:
             if self.process.dead:
                 return
             if self._struck(self.profile.drop_wake_p):
-                self._add(f"recv dropped {payload!r}")
+                self._add(f"recv dropped {payload!r}", fault="wake dropped")
                 return
             self._add(f"recv {payload!r}")
             on_wake(payload)
             if self._struck(self.profile.dup_wake_p):
-                self._add(f"recv again {payload!r}")
+                self._add(f"recv again {payload!r}", fault="wake doubled")
                 on_wake(payload)
 
         await self._inner.serve_node(node_id, receive, task_status=task_status)
@@ -198,23 +198,25 @@ class SimJournal:
             await self._stall(f"before {name}")
         if self._chaos.down(self.process.slot, anyio.current_time()) \
                 or self._struck(self.profile.blip_p):
-            self._add(f"{name} !outage")
+            self._add(f"{name} !outage", fault="outage")
             raise JournalUnavailableError(f"simulated outage: {self.process.name} is cut off")
 
     async def _after(self, name: str, *, wrote: bool, fresh: bool) -> None:
         if self._chaos.healed:
             return
         if wrote and self._struck(self.profile.crash_p):
-            self._add(f"CRASH after {name}")
+            self._add(f"CRASH after {name}", fault="crash")
             self.process.dead = True
             raise SimulatedCrash(f"simulated crash of {self.process.name} after {name}")
         if wrote and self._struck(self.profile.lost_answer_p):
-            self._add(f"{name} committed, answer lost")
+            self._add(f"{name} committed, answer lost", fault="answer lost")
             raise JournalUnavailableError(f"simulated outage: the answer to {name} was lost")
         if fresh and self._struck(self.profile.window_p):
             # Long enough, often, for a heartbeat's catch-up or a recovery to
             # find the new workflow before start_workflow queues it.
-            await anyio.sleep(self.process.rng.choice((0.0, 0.03, 0.06, 0.12)))
+            seconds = self.process.rng.choice((0.0, 0.03, 0.06, 0.12))
+            self._add(f"{name} answer held {seconds}s", fault="accept held")
+            await anyio.sleep(seconds)
         await self._jitter()
         if self._struck(self.profile.stall_p):
             await self._stall(f"after {name}")
@@ -229,11 +231,11 @@ class SimJournal:
 
     async def _stall(self, where: str) -> None:
         seconds = self.process.rng.uniform(1.2, 3.0) * self._chaos.lease_ttl
-        self._add(f"stall {seconds:.3f}s {where}")
+        self._add(f"stall {seconds:.3f}s {where}", fault="stall")
         await anyio.sleep(seconds)
 
     def _struck(self, p: float) -> bool:
         return p > 0 and not self._chaos.healed and self.process.rng.random() < p
 
-    def _add(self, line: str) -> None:
-        self._trace.add(anyio.current_time(), self.process.name, line)
+    def _add(self, line: str, *, fault: str | None = None) -> None:
+        self._trace.add(anyio.current_time(), self.process.name, line, fault=fault)

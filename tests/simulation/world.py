@@ -141,7 +141,8 @@ class _World:
         for check in CHECKS:
             self.violations += check(snapshot)
         self.stats.update(workflows=len(snapshot.rows), runtimes=len(cluster.runtimes),
-                          journal_calls=self.trace.calls)
+                          journal_calls=self.trace.calls,
+                          faults=dict(sorted(self.trace.faults.items())))
 
     async def _run(self, tg: anyio.abc.TaskGroup, cluster: Cluster, clients: Clients,
                    chaos: Chaos, journal: MemoryJournal) -> None:
