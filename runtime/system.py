@@ -279,17 +279,28 @@ class Runtime(ActorHost, RunHost, ClusterHost):
         self._accepting = False
         self._ready = False
         assert self._tg is not None and self._stack is not None
-        if exc is None:
-            with anyio.move_on_after(self._grace, shield=True):
-                # Polled: shutdown is rare, and an "all idle" event would cost
-                # every message a check.
-                while self._busy():  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            self.cluster.stop()
-            with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
-                await self.cluster.leave()
-        self._tg.cancel_scope.cancel()
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        try:
+            if exc is None:
+                await self._hand_over()
+        finally:
+            # Always: whatever the hand-over raised, the task group must be left,
+            # else its cancel scope stays open under the caller (the simulation
+            # found it: a node killed while it handed its partitions over).
+            self._tg.cancel_scope.cancel()
+            suppress = await self._stack.__aexit__(exc_type, exc, tb)
+        return suppress
+
+    async def _hand_over(self) -> None:
+        """Graceful stop: let running messages finish (`grace` s), then hand the
+        partitions over."""
+        with anyio.move_on_after(self._grace, shield=True):
+            # Polled: shutdown is rare, and an "all idle" event would cost
+            # every message a check.
+            while self._busy():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        self.cluster.stop()
+        with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
+            await self.cluster.leave()
 
     def _busy(self) -> bool:
         return any(a.running for a in self._actors.values())
