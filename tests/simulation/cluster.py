@@ -110,6 +110,9 @@ class Cluster:
             cast(Journal, journal), node_id=name, registry=CollectorRegistry(),
             heartbeat_interval=HEARTBEAT, lease_ttl=LEASE_TTL, grace=0.5, idle_timeout=0.3,
             clock=LoopClock(EPOCH), new_id=self._new_id,
+            # Tight bounds now and then: commands refused (clients retry), and
+            # internal messages waiting for room in a full mailbox.
+            mailbox_size=rng.choice((2, 64, 64)), max_in_flight=rng.choice((2, 10_000, 10_000)),
         )
         if self._shortcut:
             runtime.trust_stale_rows = True

@@ -9,6 +9,8 @@ the node's `FaultProfile` and seeded RNG decide:
   one of the seed's outage windows (all nodes, or one node cut off);
 - stall for longer than a lease lasts, before the call (it then runs with a
   stale view) or after it (the node learns late what it did);
+- wait out a pause of the whole node (`pause`: every call blocks until it
+  ends, like a process stopped with SIGSTOP, as the database sees it);
 - after a write (`append`, `create_workflow`) that committed: lose the answer
   (JournalUnavailableError), or kill the node (SimulatedCrash, like kill -9);
 - hold back the answer of a write that accepted a new workflow: the window in
@@ -114,6 +116,12 @@ class SimJournal:
         self._chaos = chaos
         self._trace = trace
         self._ledger = ledger
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Every call, from now on for `seconds`, blocks until the pause ends."""
+        self._paused_until = anyio.current_time() + seconds
+        self._add(f"PAUSE {seconds:.3f}s", fault="pause")
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -191,6 +199,7 @@ class SimJournal:
         return result
 
     async def _before(self, name: str) -> None:
+        await self._wait_out_pause()
         if self._chaos.healed:
             return
         await self._jitter()
@@ -202,6 +211,7 @@ class SimJournal:
             raise JournalUnavailableError(f"simulated outage: {self.process.name} is cut off")
 
     async def _after(self, name: str, *, wrote: bool, fresh: bool) -> None:
+        await self._wait_out_pause()
         if self._chaos.healed:
             return
         if wrote and self._struck(self.profile.crash_p):
@@ -220,6 +230,10 @@ class SimJournal:
         await self._jitter()
         if self._struck(self.profile.stall_p):
             await self._stall(f"after {name}")
+
+    async def _wait_out_pause(self) -> None:
+        if (left := self._paused_until - anyio.current_time()) > 0:
+            await anyio.sleep(left)
 
     async def _jitter(self) -> None:
         rng = self.process.rng

@@ -142,7 +142,8 @@ class _World:
             self.violations += check(snapshot)
         self.stats.update(workflows=len(snapshot.rows), runtimes=len(cluster.runtimes),
                           journal_calls=self.trace.calls,
-                          faults=dict(sorted(self.trace.faults.items())))
+                          faults=dict(sorted(self.trace.faults.items())),
+                          client_retries=dict(sorted(clients.retries.items())))
 
     async def _run(self, tg: anyio.abc.TaskGroup, cluster: Cluster, clients: Clients,
                    chaos: Chaos, journal: MemoryJournal) -> None:
