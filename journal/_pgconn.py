@@ -186,20 +186,28 @@ class Pool:
             conn.terminate()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.acquire() as conn:
-            return await conn.fetch(query, *args)
+        return await self._on_connection(lambda conn: conn.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with self.acquire() as conn:
-            return await conn.fetchrow(query, *args)
+        return await self._on_connection(lambda conn: conn.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with self.acquire() as conn:
-            return await conn.fetchval(query, *args)
+        return await self._on_connection(lambda conn: conn.fetchval(query, *args))
 
     async def execute(self, query: str, *args: Any) -> str:
-        async with self.acquire() as conn:
-            return await conn.execute(query, *args)
+        return await self._on_connection(lambda conn: conn.execute(query, *args))
+
+    async def _on_connection(self, call: Callable[[Conn], Awaitable[_R]]) -> _R:
+        # `acquire` without its context manager: one statement is the hot path
+        # (lookups), and the generator measurably slows a trivial query.
+        conn = await self._pool.acquire(timeout=self.timeout)
+        try:
+            return await call(conn)
+        except _UNAVAILABLE:
+            _terminate(conn)
+            raise
+        finally:
+            await self._release(conn)
 
     async def close(self) -> None:
         """Close every connection gracefully, once borrowed ones are back. Unbounded:
