@@ -134,10 +134,11 @@ class Pool:
     """asyncpg's pool, every wait bounded by `timeout` seconds: the handshake of a
     new connection, a wait for a free one, each statement, and giving one back.
 
-    A connection whose statement timed out or broke off is closed, never handed out
-    again: its protocol state is unknown, and asyncpg would otherwise wait for the
-    server to acknowledge a cancel (through a NEW connection, which a frozen server
-    never accepts) before reusing it."""
+    A connection whose statement timed out, broke off or was cancelled (its caller
+    gave up) is closed at once, never handed out again: its protocol state is
+    unknown, and asyncpg would otherwise first send the server a cancel request
+    through a NEW connection (which a frozen server never accepts) and wait for it,
+    in a task of its own whose failure nobody would see."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], dsn: str, timeout: float) -> None:
         self._pool = pool
@@ -149,19 +150,24 @@ class Pool:
         """A pooled connection for the block. Raises asyncpg's errors, or TimeoutError
         if none is free (or can be made) in time."""
         conn = await self._pool.acquire(timeout=self.timeout)
+        reusable = False
         try:
             yield conn
+            reusable = True
         except _UNAVAILABLE:
-            _terminate(conn)
+            raise
+        except Exception:
+            reusable = True  # a statement failed (a constraint, a fence), not the connection
             raise
         finally:
-            await self._release(conn)
+            await self._give_back(conn, reusable)
 
-    async def _release(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
-        # asyncpg shields the release itself: a cancelled caller leaves at once and
-        # the release finishes (bounded) behind it. A connection whose cancelled
-        # statement is not acknowledged in time is closed by asyncpg, which then
-        # raises: the caller's answer (or error) stands.
+    async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record], reusable: bool) -> None:
+        """Release `conn` to the pool, or close it now if its state is unknown (it
+        returns to the pool empty, and reconnects when next borrowed)."""
+        if not reusable:
+            _terminate(conn)
+            return
         try:
             await self._pool.release(conn, timeout=self.timeout)
         except _UNAVAILABLE:
@@ -201,13 +207,18 @@ class Pool:
         # `acquire` without its context manager: one statement is the hot path
         # (lookups), and the generator measurably slows a trivial query.
         conn = await self._pool.acquire(timeout=self.timeout)
+        reusable = False
         try:
-            return await call(conn)
+            result = await call(conn)
+            reusable = True
+            return result
         except _UNAVAILABLE:
-            _terminate(conn)
+            raise
+        except Exception:
+            reusable = True  # a statement failed, not the connection
             raise
         finally:
-            await self._release(conn)
+            await self._give_back(conn, reusable)
 
     async def close(self) -> None:
         """Close every connection gracefully, once borrowed ones are back. Unbounded:
