@@ -6,11 +6,13 @@ import importlib
 import sys
 
 BENCHES = ["floor", "workflow", "http", "recovery", "memory"]
+# Run only when named: several server processes each, and minutes long.
+ON_DEMAND = ["nodes", "exactly_once"]
 
 
 def main() -> None:
     args = sys.argv[1:]
-    if args and args[0] in BENCHES:
+    if args and args[0] in BENCHES + ON_DEMAND:
         importlib.import_module(f"bench.{args[0]}").main(args[1:])
         return
     for name in BENCHES:

@@ -9,6 +9,12 @@ one wake-up per waiter, never the whole queue. Nobody proceeds past a record
 before the commit that holds it. If a group fails for any reason but an
 unreachable database (a unique key, a stale lease, a bug), each batch of the
 group is written again alone, so only the batches that caused it fail.
+
+Every batch of a group gets an answer, whatever happens to the write: a group
+that finds the database unreachable, or does not finish within `write_timeout`
+(a hung server), fails EVERY batch in it with JournalUnavailableError. Its
+outcome is then unknown (it may have committed); callers send the same batch
+again, which the journal takes as a no-op if it had landed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from .records import Batch
 __all__ = ["GroupCommitter", "GroupStatistics"]
 
 # A group already being written is finished even if its writer is cancelled, so
-# that the other batches in it get their answer; but never for longer than this.
+# that the other batches in it get their answer; but never for longer than this
+# (the journal passes its own bound, derived from its database timeout).
 _WRITE_TIMEOUT: Final = 30.0
 
 
@@ -51,7 +58,9 @@ class GroupStatistics:
 
 class GroupCommitter:
     """Shares transactions between concurrent appends. `write_group(batches)`
-    writes batches in one transaction, raising the journal's errors."""
+    writes batches in one transaction, raising the journal's errors; a call that
+    takes longer than `write_timeout` seconds is cancelled and counts as the
+    database being unreachable."""
 
     def __init__(
         self,
@@ -59,10 +68,12 @@ class GroupCommitter:
         *,
         max_batch: int = 512,
         max_writers: int = 2,
+        write_timeout: float = _WRITE_TIMEOUT,
     ) -> None:
         self._write_group = write_group
         self._max_batch = max_batch
         self._max_writers = max_writers
+        self._write_timeout = write_timeout
         self._pending: collections.deque[_Slot] = collections.deque()
         self._writers = 0
         self.statistics = GroupStatistics()
@@ -93,7 +104,7 @@ class GroupCommitter:
                 slot = self._pending.popleft()
                 slot.taken = True
                 group.append(slot)
-            with anyio.CancelScope(shield=True), anyio.fail_after(_WRITE_TIMEOUT):
+            with anyio.CancelScope(shield=True):
                 await self._write(group)
         finally:
             self._writers -= 1
@@ -109,18 +120,33 @@ class GroupCommitter:
         stats.batches += len(group)
         stats.largest = max(stats.largest, len(group))
         try:
-            await self._write_group([slot.batch for slot in group])
-        except (JournalUnavailableError, TimeoutError) as exc:
-            self._settle(group, exc)  # nothing was written; every caller may retry
+            with anyio.fail_after(self._write_timeout):
+                await self._write_group([slot.batch for slot in group])
+        except TimeoutError:
+            self._settle(group, JournalUnavailableError(
+                f"a group write of {len(group)} batches had no answer within "
+                f"{self._write_timeout:g} s; it may have committed"))
+            return
+        except JournalUnavailableError as exc:
+            self._settle(group, exc)  # not written, or not known to be: callers retry
             return
         except Exception as exc:  # noqa: BLE001 - one batch's fault: find which
             if len(group) == 1:
                 self._settle(group, exc)
             else:
-                for slot in group:
-                    await self._write([slot])
+                await self._write_alone(group)
             return
         self._settle(group, None)
+
+    async def _write_alone(self, group: list[_Slot]) -> None:
+        """Each batch of a failed group in its own write. Once the database turns out
+        unreachable, the rest get that answer without trying: trying each would
+        wait out `write_timeout` once per batch."""
+        for i, slot in enumerate(group):
+            await self._write([slot])
+            if isinstance(slot.error, JournalUnavailableError):
+                self._settle(group[i + 1:], slot.error)
+                return
 
     @staticmethod
     def _settle(group: list[_Slot], error: BaseException | None) -> None:

@@ -1,15 +1,27 @@
-"""Connections to PostgreSQL: the pool with its JSON codec, and error translation.
+"""Connections to PostgreSQL: the pool with its JSON codec and its timeouts, and
+error translation.
 
 asyncpg's exceptions are translated at the journal's boundary, by class, never by
-message: a unique violation is an IntegrityError, a lost server is
-JournalUnavailableError (the write did not happen and may be retried).
+message: a unique violation is an IntegrityError, a lost or hung server is
+JournalUnavailableError (the write did not happen, or did with its answer lost:
+either way the same write may be sent again).
+
+Every wait on the server is bounded (`database_timeout`): a new connection's
+handshake, a wait for a pooled connection, each statement (asyncpg's
+command_timeout) and giving a connection back. A hung server (frozen, or cut off
+without a reset) is then an outage, JournalUnavailableError, as a stopped one is,
+and never a hang. A statement that timed out may still commit on the server: its
+outcome is unknown, which the runtime handles by sending the very same batch again
+(an identical re-append is a no-op).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Final, ParamSpec, TypeAlias, TypeVar
 
 import asyncpg
@@ -24,17 +36,23 @@ from .errors import (
     WorkflowNotFoundError,
 )
 
-__all__ = ["Conn", "Pool", "boundary", "create_pool", "translated"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "Conn", "Pool", "boundary", "create_pool", "database_timeout",
+    "translated",
+]
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 # Failures that mean "the database cannot be reached right now", not "this query is wrong".
 _UNAVAILABLE: Final = (
-    OSError,  # refused, reset, socket missing, connect timeout
+    OSError,  # refused, reset, socket missing
+    # No answer in time: a statement (command_timeout), a connect, a wait for a pooled
+    # connection. (asyncio.TimeoutError is TimeoutError, itself an OSError.)
+    TimeoutError,
+    asyncpg.QueryCanceledError,  # cancelled (ours after a timeout, or an operator's)
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and a connection that died
     asyncpg.InterfaceError,  # the connection or the pool was closed under us
     asyncpg.CannotConnectNowError,  # starting up or shutting down
@@ -70,14 +88,153 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> Pool:
-    """A pool whose connections read and write jsonb as plain JSON values.
+# -- timeouts ----------------------------------------------------------------------
+
+# Seconds any one wait on the server may take. A frozen server is noticed after this
+# long (the node's session and /readyz notice sooner: they ping every second). A
+# busy one stays far inside it: on the 2-core machine of README's figures, a group
+# write of 512 batches (the largest) took 0.3 s at most with 2,000 workflows in
+# flight, and a handshake or a wait for a pooled connection takes milliseconds.
+DEFAULT_TIMEOUT: Final = 5.0
+_TIMEOUT_SETTING: Final = "RETINUE_DB_TIMEOUT"
+
+
+def database_timeout() -> float:
+    """Seconds each wait on the database may take: $RETINUE_DB_TIMEOUT (plain
+    seconds) if set, else DEFAULT_TIMEOUT. Raises ValueError on a bad value."""
+    text = os.environ.get(_TIMEOUT_SETTING, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{_TIMEOUT_SETTING} must be a positive number of seconds, "
+                         f"not {text!r}")
+    return seconds
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, timeout: float | None = None
+) -> Pool:
+    """A pool whose connections read and write jsonb as plain JSON values, and whose
+    every wait is bounded by `timeout` seconds (default: `database_timeout()`).
     Raises JournalUnavailableError if the server cannot be reached."""
+    seconds = database_timeout() if timeout is None else timeout
     with translated():
-        return await asyncpg.create_pool(
+        pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-            reset=_keep_session,
+            reset=_keep_session, command_timeout=seconds, timeout=seconds,
         )
+    return Pool(pool, dsn, seconds)
+
+
+class Pool:
+    """asyncpg's pool, every wait bounded by `timeout` seconds: the handshake of a
+    new connection, a wait for a free one, each statement, and giving one back.
+
+    A connection whose statement timed out, broke off or was cancelled (its caller
+    gave up) is closed at once, never handed out again: its protocol state is
+    unknown, and asyncpg would otherwise first send the server a cancel request
+    through a NEW connection (which a frozen server never accepts) and wait for it,
+    in a task of its own whose failure nobody would see."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], dsn: str, timeout: float) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self.timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Conn]:
+        """A pooled connection for the block. Raises asyncpg's errors, or TimeoutError
+        if none is free (or can be made) in time."""
+        conn = await self._pool.acquire(timeout=self.timeout)
+        reusable = False
+        try:
+            yield conn
+            reusable = True
+        except _UNAVAILABLE:
+            raise
+        except Exception:
+            reusable = True  # a statement failed (a constraint, a fence), not the connection
+            raise
+        finally:
+            await self._give_back(conn, reusable)
+
+    async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record], reusable: bool) -> None:
+        """Release `conn` to the pool, or close it now if its state is unknown (it
+        returns to the pool empty, and reconnects when next borrowed)."""
+        if not reusable:
+            _terminate(conn)
+            return
+        try:
+            await self._pool.release(conn, timeout=self.timeout)
+        except _UNAVAILABLE:
+            _terminate(conn)
+
+    @contextlib.asynccontextmanager
+    async def dedicated(
+        self, *, command_timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+        """A connection of its own, outside the pool, closed after the block: for
+        session state (LISTEN, session locks) or statements longer than the pool's
+        `timeout` (migrations). Raises asyncpg's errors, or TimeoutError."""
+        conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+            self._dsn, timeout=self.timeout, command_timeout=command_timeout or self.timeout
+        )
+        try:
+            await _init_connection(conn)
+            yield conn
+        finally:
+            # Closing drops the session's locks and LISTENs. terminate() still says
+            # goodbye to the server; close() would first wait for any cancel in flight.
+            conn.terminate()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._on_connection(lambda conn: conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._on_connection(lambda conn: conn.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._on_connection(lambda conn: conn.fetchval(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._on_connection(lambda conn: conn.execute(query, *args))
+
+    async def _on_connection(self, call: Callable[[Conn], Awaitable[_R]]) -> _R:
+        # `acquire` without its context manager: one statement is the hot path
+        # (lookups), and the generator measurably slows a trivial query.
+        conn = await self._pool.acquire(timeout=self.timeout)
+        reusable = False
+        try:
+            result = await call(conn)
+            reusable = True
+            return result
+        except _UNAVAILABLE:
+            raise
+        except Exception:
+            reusable = True  # a statement failed, not the connection
+            raise
+        finally:
+            await self._give_back(conn, reusable)
+
+    async def close(self) -> None:
+        """Close every connection gracefully, once borrowed ones are back. Unbounded:
+        bound it at the call site."""
+        await self._pool.close()
+
+    def terminate(self) -> None:
+        """Close every connection now."""
+        self._pool.terminate()
+
+
+def _terminate(conn: Conn) -> None:
+    """Close `conn` now: a no-op if it is closed, or already back in the pool (the
+    pool takes a connection that died back by itself)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -116,12 +273,18 @@ def translated() -> Iterator[None]:
         constraint = exc.constraint_name or "unique"
         raise IntegrityError(constraint, exc.detail or exc.message) from exc
     except _UNAVAILABLE as exc:
-        raise JournalUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        raise JournalUnavailableError(_unavailable_detail(exc)) from exc
     except asyncpg.PostgresError as exc:
         own = _own_error(exc)
         if own is None:
             raise
         raise own from exc
+
+
+def _unavailable_detail(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: the database gave no answer in time; a write may have landed"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def boundary(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:

@@ -45,6 +45,9 @@ _log = logging.getLogger("retinue.journal")
 _R = TypeVar("_R")
 
 _CLOSE_TIMEOUT: Final = 10.0
+# Migrations run on a connection of their own, with room for DDL on big tables and
+# for another process's migration (they take turns on a lock).
+_MIGRATION_TIMEOUT: Final = 600.0
 
 
 # -- SQL ------------------------------------------------------------------------
@@ -148,7 +151,6 @@ _WAKE_CHANNEL: Final = "retinue_wake"
 
 _NEXT_SESSION_KEY: Final = "SELECT nextval('retinue_node_sessions')::integer"
 _LOCK_SESSION: Final = "SELECT pg_advisory_lock($1, $2)"
-_UNLOCK_SESSION: Final = "SELECT pg_advisory_unlock($1, $2)"
 _ATTACH_NODE: Final = """
 INSERT INTO nodes (node_id, session_key) VALUES ($1, $2)
 ON CONFLICT (node_id) DO UPDATE SET session_key = excluded.session_key
@@ -318,19 +320,26 @@ class PostgresJournal(Journal):
     def __init__(self, pool: Pool, *, max_group: int = 512, max_writers: int = 2) -> None:
         self._pool = pool
         self._closed = False
+        # A group write waits for a connection, then runs one statement, each bounded
+        # by the pool's timeout; past both (and a margin) the writer gives up anyway.
         self._committer = GroupCommitter(
-            self._append_group, max_batch=max_group, max_writers=max_writers
+            self._append_group, max_batch=max_group, max_writers=max_writers,
+            write_timeout=2 * pool.timeout + 1.0,
         )
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresJournal:
-        """Open a pool on `dsn`, migrate the schema, and return the journal.
-        Raises JournalUnavailableError if the server cannot be reached."""
-        pool = await create_pool(dsn, min_size=min_size, max_size=max_size)
+    async def connect(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float | None = None
+    ) -> PostgresJournal:
+        """Open a pool on `dsn`, migrate the schema, and return the journal. Every
+        wait on the server is bounded by `timeout` seconds (default: the
+        RETINUE_DB_TIMEOUT setting, else 5). Raises JournalUnavailableError if the
+        server cannot be reached."""
+        pool = await create_pool(dsn, min_size=min_size, max_size=max_size, timeout=timeout)
         migrated = False
         try:
             with translated():
-                async with pool.acquire() as conn:
+                async with pool.dedicated(command_timeout=_MIGRATION_TIMEOUT) as conn:
                     await migrate(conn)
             migrated = True
         finally:
@@ -402,22 +411,23 @@ class PostgresJournal(Journal):
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """A session (one pooled connection) that holds the node's advisory lock and
-        LISTENs for wake-ups; pinged every second, and re-established after a loss
-        (a database restart) with backoff. Raises JournalUnavailableError only if
-        the first attempt fails."""
+        """A session (a connection of its own) that holds the node's advisory lock
+        and LISTENs for wake-ups; pinged every second, and re-established with
+        backoff after a loss: a database restart, or a server that stops answering
+        (the ping, like every statement, is bounded by the database timeout).
+        Raises JournalUnavailableError only if the first attempt fails."""
         started = False
         delay = _REATTACH_BACKOFF[0]
         while True:
             try:
-                async with self._session(node_id, on_wake) as conn:
-                    if not started:
-                        task_status.started()
-                        started = True
-                    delay = _REATTACH_BACKOFF[0]
-                    while True:
-                        await anyio.sleep(1.0)
-                        with translated():
+                with translated():
+                    async with self._session(node_id, on_wake) as conn:
+                        if not started:
+                            task_status.started()
+                            started = True
+                        delay = _REATTACH_BACKOFF[0]
+                        while True:
+                            await anyio.sleep(1.0)
                             await conn.fetchval(_PING)
             except JournalUnavailableError as exc:
                 if not started:
@@ -431,35 +441,19 @@ class PostgresJournal(Journal):
     async def _session(
         self, node_id: str, on_wake: Callable[[str], None]
     ) -> AsyncIterator[Conn]:
-        def notified(_conn: Conn, _pid: int, _channel: str, payload: object) -> None:
+        """The node attached on a connection outside the pool: closing it (always,
+        at the end) drops the lock and the LISTEN, so a session never leaks them
+        into pooled work, and a broken one is never reused. Raises asyncpg's errors."""
+
+        def notified(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
             on_wake(str(payload))
 
-        with translated():
-            conn = await self._pool.acquire()
-        key: int | None = None
-        try:
-            with translated():
-                key = await conn.fetchval(_NEXT_SESSION_KEY)
-                await conn.execute(_LOCK_SESSION, _SESSION_LOCK, key)
-                await conn.execute(_ATTACH_NODE, node_id, key)
-                await conn.add_listener(_WAKE_CHANNEL, notified)
+        async with self._pool.dedicated() as conn:
+            key = await conn.fetchval(_NEXT_SESSION_KEY)
+            await conn.execute(_LOCK_SESSION, _SESSION_LOCK, key)
+            await conn.execute(_ATTACH_NODE, node_id, key)
+            await conn.add_listener(_WAKE_CHANNEL, notified)
             yield conn
-        finally:
-            # Pooled connections keep their session state when released (_pgconn),
-            # so the lock and the LISTEN go explicitly; if that fails, the
-            # connection goes, and they with it.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
-                try:
-                    await conn.remove_listener(_WAKE_CHANNEL, notified)
-                    if key is not None:
-                        await conn.execute(_UNLOCK_SESSION, _SESSION_LOCK, key)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError,
-                        asyncpg.InternalClientError, OSError):
-                    _terminate(conn)
-            if scope.cancelled_caught:
-                _terminate(conn)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
-                await self._pool.release(conn)
 
     @boundary
     async def wake(self, payloads: Sequence[str]) -> None:
@@ -665,13 +659,6 @@ async def _lock_status_txn(conn: Conn, workflow_id: str) -> str:
     if status is None:
         raise WorkflowNotFoundError(workflow_id)
     return status
-
-
-def _terminate(conn: Conn) -> None:
-    """Close a pooled connection now (a no-op if the pool took it back already,
-    as it does with a connection that died)."""
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
 
 
 def _workflow(row: asyncpg.Record) -> WorkflowRow:

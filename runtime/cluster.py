@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final, Protocol
 
 import anyio
@@ -232,6 +232,9 @@ class LeaseManager:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._clock = clock
+        # Told after every heartbeat whether the journal answered: an idle node
+        # learns that an outage is over from its heartbeat, not only from a commit.
+        self.on_journal: Callable[[bool], None] = lambda answered: None
         self.journal = journal
         self.node_id = node_id
         self.settings = settings
@@ -264,10 +267,12 @@ class LeaseManager:
                 beats += 1
                 try:
                     await self.tick()
+                    self.on_journal(True)
                     # Wake-ups come from other nodes; alone, a node seldom needs this.
                     if self.live_nodes > 1 or beats % _LONE_CATCH_UP == 0:
                         await self.host.catch_up()
                 except JournalUnavailableError as exc:
+                    self.on_journal(False)
                     self._unreachable(exc)
 
     def stop(self) -> None:

@@ -71,6 +71,12 @@ class Committer(RunHost):
         self.accepting = False
         self.ready = False
 
+    def journal_answered(self, answered: bool) -> None:
+        """The journal answered a heartbeat (True) or did not: ready follows it
+        while the runtime takes commands, so an idle node is ready again once an
+        outage ends (it refused commands meanwhile, so no commit would say so)."""
+        self.ready = answered and self.accepting
+
     def set_accepting(self, accepting: bool) -> None:
         """Open (True) or close the Runtime to commands; ready along with it."""
         self.accepting = accepting

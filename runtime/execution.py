@@ -73,6 +73,14 @@ class Executor(ActorHost):
                 await self._execute(message)
 
     async def _execute(self, message: Run) -> None:
+        try:
+            await self._run_and_reload(message)
+        finally:
+            # The journal row carries a cancel request; the mark in memory serves
+            # one Run (a row handed in may predate the request), so it never piles up.
+            self._committer.clear_cancelling(message.workflow_id)
+
+    async def _run_and_reload(self, message: Run) -> None:
         preloaded = self._recovery.take_preloaded(message.workflow_id)
         row: WorkflowRow | None
         if preloaded is not None:
@@ -129,7 +137,6 @@ class Executor(ActorHost):
         result: Any = None, error: str | None = None,
     ) -> None:
         await ctx.finish(outcome, result=result, error=error)
-        self._committer.clear_cancelling(row.id)
         self._metrics.workflows_finished.labels(row.name, outcome).inc()
         elapsed = (self._clock.now() - row.created_at).total_seconds()
         self._metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))

@@ -141,11 +141,14 @@ class Placement:
         if reserved:
             self.scheduled.pop(workflow_id, None)
 
-    def accepted(self, actor_key: str, row: WorkflowRow, reserved: bool) -> None:
-        """Queue the first Run of a workflow just accepted here (`admit`ted)."""
+    def accepted(
+        self, actor_key: str, row: WorkflowRow, reserved: bool, *, trusted: bool
+    ) -> None:
+        """Queue the first Run of a workflow just accepted here (`admit`ted); it
+        carries the row (no reads to start it) only if that is `trusted` news."""
         self.fresh[row.id] = {}
-        self.deliver(actor_key, Run(workflow_id=row.id, row=row, external=True), watched=True,
-                     reserved=reserved)
+        run = Run(workflow_id=row.id, row=row if trusted else None, external=True)
+        self.deliver(actor_key, run, watched=True, reserved=reserved)
 
     def deliver_command(self, actor_key: str, workflow_id: str) -> None:
         """Queue the Run a command asks for, counted against the in-flight bound

@@ -123,6 +123,7 @@ class Runtime:
         self._waiters = Waiters(journal, placement.fresh, placement.scheduled,
                                 placement.tell_watchers)
         self._committer = Committer(journal, clock, metrics, placement, self._waiters, self.cluster)
+        self.cluster.on_journal = self._committer.journal_answered
         placement.host = Executor(self._committer, placement, self._recovery, self._waiters,
                                   self._workflows, new_id, restart, metrics)
 
@@ -160,17 +161,28 @@ class Runtime:
     ) -> bool | None:
         self._committer.set_accepting(False)
         assert self._tg is not None and self._stack is not None
-        if exc is None:
-            with anyio.move_on_after(self._grace, shield=True):
-                # Polled: shutdown is rare, and an "all idle" event would cost
-                # every message a check.
-                while self._placement.busy():  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            self.cluster.stop()
-            with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
-                await self.cluster.leave()
-        self._tg.cancel_scope.cancel()
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        try:
+            if exc is None:
+                await self._hand_over()
+        finally:
+            # Always: whatever the hand-over raised, the task group must be left,
+            # else its cancel scope stays open under the caller (the simulation
+            # found it: a node killed while it handed its partitions over).
+            self._tg.cancel_scope.cancel()
+            suppress = await self._stack.__aexit__(exc_type, exc, tb)
+        return suppress
+
+    async def _hand_over(self) -> None:
+        """Graceful stop: let running messages finish (`grace` s), then hand the
+        partitions over."""
+        with anyio.move_on_after(self._grace, shield=True):
+            # Polled: shutdown is rare, and an "all idle" event would cost
+            # every message a check.
+            while self._placement.busy():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        self.cluster.stop()
+        with anyio.move_on_after(_LEAVE_TIMEOUT, shield=True):
+            await self.cluster.leave()
 
     # -- partitions (the ClusterHost is Recovery; these stay public) ----------------
 
@@ -239,6 +251,10 @@ class Runtime:
         # Reserved before it commits: catch-up or recovery, seeing it pending in
         # between, must not run it first (its Run below then trusts a stale row).
         reserved = self._placement.admit(new.id, reserve=not self.trust_stale_rows)
+        # The reservation covers this node only: the row is news only if this node
+        # owned the partition, at one epoch, from before the commit to the delivery
+        # (else another node may have run the workflow meanwhile; simulation seed 27).
+        epoch = self._placement.epochs.get(new.partition)
         try:
             row, created = await self._accept(new, fresh_id=workflow_id is None)
         except BaseException:
@@ -252,7 +268,10 @@ class Runtime:
                 self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
             return row, False
         self.metrics.workflows_started.labels(name).inc()
-        self._placement.accepted(actor_key, row, reserved)
+        fresh = self.trust_stale_rows or (
+            epoch is not None and self._placement.epochs.get(new.partition) == epoch
+        )
+        self._placement.accepted(actor_key, row, reserved, trusted=fresh)
         return row, True
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
@@ -299,9 +318,10 @@ class Runtime:
         for cancelled_id in ids:
             self._recovery.drop_preloaded(cancelled_id)
         for cancelled_id in ids:
-            self._committer.mark_cancelling(cancelled_id)
             row = await self.journal.get_workflow(cancelled_id)
             if row is not None:
+                if self._placement.owns(row.actor_key):  # else its owner reads the flag
+                    self._committer.mark_cancelling(cancelled_id)
                 self._placement.deliver_command(row.actor_key, cancelled_id)
         return ids
 

@@ -1,5 +1,6 @@
 """Helpers for the fault tests: `python server.py` as a real process, a webhook
-receiver, a load of invites from concurrent clients, and the journal's invariants.
+receiver, a load of invites from concurrent clients, the journal's invariants, and
+freezing a PostgreSQL server (SIGSTOP to each of its processes).
 
 The load never trusts timing for its verdict: clients retry (with the same
 Idempotency-Key) until they get an answer, and the checks poll with deadlines.
@@ -16,8 +17,8 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
+from bench.exactly_once import REWRITTEN_STEPS
 from journal import Batch, JournalUnavailableError
 
 __all__ = [
@@ -41,7 +43,9 @@ __all__ = [
     "WebhookReceiver",
     "check_journal",
     "free_port",
+    "frozen_postgres",
     "poll",
+    "postgres_processes",
     "wait_all_finished",
 ]
 
@@ -131,6 +135,11 @@ class ServerProcess:
 
         await poll(listening, within, f"server.py to listen (log: {self.log})")
 
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or when not started), else its exit code."""
+        return None if self._process is None else self._process.returncode
+
     async def wait_ready(self, within: float = 30) -> None:
         async with aiohttp.ClientSession() as session:
 
@@ -181,7 +190,7 @@ class Outcome:
     """What one client saw of one invite (and its verification, if it sent one)."""
 
     email: str
-    key: str
+    key: str | None  # None: sent once without an Idempotency-Key, never retried
     verify: bool
     status: int | None = None
     body: Any = None
@@ -193,7 +202,8 @@ class InviteLoad:
     """Invites `emails` from `concurrency` clients, each retrying with the same
     Idempotency-Key through connection errors and 503 until it gets an answer.
     A seeded `verify_fraction` of the customers then verify with the token that
-    reached the webhook receiver."""
+    reached the webhook receiver. A seeded `keyless_fraction` of the invites go
+    without a key, once: retried, they would be a second invite of the email."""
 
     url: str
     receiver: WebhookReceiver
@@ -201,6 +211,7 @@ class InviteLoad:
     seed: int
     concurrency: int = 16
     verify_fraction: float = 0.25
+    keyless_fraction: float = 0.0
     give_up_after: float = 60.0
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     answered: int = 0
@@ -212,8 +223,9 @@ class InviteLoad:
     async def run(self) -> None:
         rng = random.Random(self.seed)
         for email in self.emails:
+            keyless = rng.random() < self.keyless_fraction
             self.outcomes[email] = Outcome(
-                email=email, key=f"invite-{self.seed}-{email}",
+                email=email, key=None if keyless else f"invite-{self.seed}-{email}",
                 verify=rng.random() < self.verify_fraction,
             )
         queue = list(reversed(self.emails))
@@ -230,9 +242,10 @@ class InviteLoad:
                     tg.start_soon(client)
 
     async def _invite(self, session: aiohttp.ClientSession, outcome: Outcome) -> None:
+        headers = {} if outcome.key is None else {"Idempotency-Key": outcome.key}
         outcome.status, outcome.body = await self._post(
-            session, "/customers/invite", {"email": outcome.email},
-            {"Idempotency-Key": outcome.key},
+            session, "/customers/invite", {"email": outcome.email}, headers,
+            retry=outcome.key is not None,
         )
         self.answered += 1
         if outcome.verify and outcome.status in (200, 202):
@@ -251,8 +264,11 @@ class InviteLoad:
         return probe
 
     async def _post(
-        self, session: aiohttp.ClientSession, path: str, body: Any, headers: dict[str, str]
-    ) -> tuple[int, Any]:
+        self, session: aiohttp.ClientSession, path: str, body: Any, headers: dict[str, str],
+        *, retry: bool = True,
+    ) -> tuple[int | None, Any]:
+        """Until an answer that is not 5xx (or once, without `retry`): (status, body);
+        the status is None if the request was cut off."""
         deadline = time.monotonic() + self.give_up_after
         while time.monotonic() < deadline:
             status: int | None = None
@@ -270,6 +286,8 @@ class InviteLoad:
                     return status, json.loads(text)
                 if status != 503:
                     self.server_errors.append((path, status, text[:300]))
+            if not retry:
+                return status, None
             await anyio.sleep(0.05 + random.random() * 0.1)
         raise AssertionError(f"POST {path} got no answer in {self.give_up_after} s")
 
@@ -342,10 +360,13 @@ async def check_journal(dsn: str, receiver: WebhookReceiver, load: InviteLoad) -
         documents = await conn.fetch("SELECT kind, id, data::text AS data, unique_key "
                                      "FROM documents")
         dead_letters = await conn.fetchval("SELECT count(*) FROM dead_letters")
+        rewritten = await conn.fetch(REWRITTEN_STEPS)
     finally:
         await conn.close()
     figures = Figures(workflows=len(workflows))
     figures.require(dead_letters == 0, f"{dead_letters} dead letters")
+    figures.require(not rewritten, f"completed steps written again by a later run: "
+                                   f"{[dict(r) for r in rewritten[:5]]}")
     _check_answers(figures, load)
     _check_workflows(figures, workflows, steps, documents, load)
     _check_events(figures, events, documents, receiver)
@@ -356,6 +377,8 @@ async def check_journal(dsn: str, receiver: WebhookReceiver, load: InviteLoad) -
 def _check_answers(figures: Figures, load: InviteLoad) -> None:
     figures.require(not load.server_errors, f"5xx answers: {load.server_errors[:5]}")
     for outcome in load.outcomes.values():
+        if outcome.key is None and outcome.status in (None, 503):
+            continue  # sent once, refused or cut off: it may or may not have been accepted
         figures.require(outcome.status in (200, 202),
                         f"invite of {outcome.email} answered {outcome.status}: {outcome.body}")
         if outcome.verify_status is not None:
@@ -433,6 +456,10 @@ def _check_events(
         invited = [json.loads(e["payload"]) for e in log if e["type"] == "CustomerInvited"]
         figures.require(len(invited) == 1,
                         f"customer {document['id']} has {len(invited)} CustomerInvited events")
+        # Every email is invited once (retries carry their key): a failed invite means
+        # the invite workflow ran again and found its own customer.
+        figures.require(all(e["type"] != "CustomerInviteFailed" for e in log),
+                        f"customer {document['id']} has a CustomerInviteFailed event")
         sent = receiver.tokens.get(document["id"])
         figures.require(not invited or sent is None or sent == invited[0]["token"],
                         f"customer {document['id']} was sent another token than the one logged")
@@ -522,3 +549,48 @@ class FlakyJournal:
             self.lost_acks += 1
             raise JournalUnavailableError("FlakyJournal: the connection died before the ack")
         return created
+
+
+# -- a frozen PostgreSQL -----------------------------------------------------------------------
+
+
+def postgres_processes(data_dir: Path) -> list[int]:
+    """The postmaster of the server on `data_dir` (its postmaster.pid) and every
+    process under it, found by walking /proc: that server's processes only."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    found, todo = [postmaster], [postmaster]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+@contextmanager
+def frozen_postgres(data_dir: Path) -> Iterator[list[int]]:
+    """SIGSTOP every process of the server on `data_dir` for the block (a hung
+    database: sockets open, nothing answers), SIGCONT on the way out. The
+    postmaster stops first, so it forks nothing new while its children are stopped;
+    yields their pids."""
+    stopped: list[int] = []
+    try:
+        for _ in range(3):  # again, for a child forked just before its parent stopped
+            for pid in postgres_processes(data_dir):
+                if pid not in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        yield stopped
+    finally:
+        for pid in reversed(stopped):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -16,17 +16,20 @@ import functools
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import asyncpg
 import msgspec
 import pytest
 
-from journal import EmbeddedPostgres, Journal, JournalUnavailableError
+from journal import Batch, EmbeddedPostgres, Journal, JournalUnavailableError
+from journal._groupcommit import GroupCommitter
 from runtime import (
     Reader,
     RestartPolicy,
@@ -371,3 +374,66 @@ async def test_an_accepted_workflow_whose_answer_was_lost_still_runs(journal: Jo
         done = await runtime.wait_for_finish(row.id, 5)
     assert (flaky.lost_acks, created) == (1, False)
     assert done is not None and done.status == "completed", done
+
+
+# -- group commit: every batch of a group gets its answer ----------------------------------
+
+
+async def _append_each(committer: GroupCommitter, count: int) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    async def append(i: int) -> None:
+        try:
+            await committer.append(Batch(partition=i, epoch=None))
+        except JournalUnavailableError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(append, i)
+                await anyio.lowlevel.checkpoint()  # queued in order
+    return errors
+
+
+async def test_a_stalled_group_write_fails_every_batch_in_it() -> None:
+    groups: list[list[int]] = []
+
+    async def hangs(batches: Sequence[Batch]) -> None:
+        groups.append([b.partition for b in batches])
+        await anyio.sleep_forever()  # a frozen database: no answer, no error
+
+    errors = await _append_each(GroupCommitter(hangs, write_timeout=0.2), 20)
+    assert len(errors) == 20, "a batch in a stalled group got no answer"
+    assert sorted(p for group in groups for p in group) == list(range(20))
+    assert any(len(group) > 1 for group in groups), groups  # whole groups failed
+
+
+async def test_a_failed_group_that_finds_the_database_gone_answers_the_rest_at_once() -> None:
+    groups: list[list[int]] = []
+    first_written = anyio.Event()
+
+    async def write(batches: Sequence[Batch]) -> None:
+        groups.append([b.partition for b in batches])
+        if len(groups) == 1:
+            await first_written.wait()  # the others queue up meanwhile
+            return
+        if len(batches) > 1:
+            raise RuntimeError("one batch's fault: each is written alone to find which")
+        raise JournalUnavailableError("the database went away")
+
+    committer = GroupCommitter(write, max_writers=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_append_each, committer, 1)
+        await anyio.sleep(0.01)
+        errors: list[BaseException] = []
+
+        async def rest() -> None:
+            errors.extend(await _append_each(committer, 6))
+
+        tg.start_soon(rest)
+        await anyio.sleep(0.05)
+        first_written.set()
+    assert len(errors) == 6
+    # The group, then its first batch alone; the others were not tried one by one.
+    assert groups == [[0], [0, 1, 2, 3, 4, 5], [0]]

@@ -501,3 +501,31 @@ async def test_a_write_that_breaks_a_unique_key_is_recorded_failed_and_writes_no
     assert "IntegrityError" in (steps[0].error or "")
     assert [d.id for d in await journal.list_documents("handle")] == [winner.input]
     assert await journal.read_events(loser.actor_key) == []
+
+
+async def test_an_idle_runtime_is_ready_again_once_its_heartbeat_reaches_the_journal() -> None:
+    """No commit tells an idle node that an outage is over (it refuses commands
+    while not ready): its heartbeat does."""
+    from journal import JournalUnavailableError, MemoryJournal
+
+    from .journal_wrappers import DelegatingJournal
+
+    class Unreachable(DelegatingJournal):
+        down = False
+
+        async def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise JournalUnavailableError("simulated outage")
+            return await self.inner.heartbeat(*args, **kwargs)
+
+    journal = Unreachable(MemoryJournal())
+    async with Runtime(journal, heartbeat_interval=0.02, lease_ttl=0.2) as rt:
+        assert rt.ready
+        journal.down = True
+        with anyio.fail_after(2):
+            while rt.ready:
+                await anyio.sleep(0.01)
+        journal.down = False
+        with anyio.fail_after(2):
+            while not rt.ready:
+                await anyio.sleep(0.01)

@@ -28,7 +28,7 @@ SOAK_SEEDS: Final = int(os.environ.get("RETINUE_SIM_SOAK_SEEDS", "5000"))
 SOAK_FIRST: Final = 10_000  # soak seeds do not repeat the default ones
 # Seeds per test: each test stays far below pytest's 120 s timeout.
 CHUNK: Final = 50
-SOAK_CHUNK: Final = 250
+SOAK_CHUNK: Final = 150
 
 needs_shortcut = pytest.mark.skipif(
     not hasattr(Runtime, "trust_stale_rows"),

@@ -32,6 +32,10 @@ T = TypeVar("T")
 
 EPOCH: Final = datetime(2030, 1, 1, tzinfo=UTC)
 SLOTS: Final = 3
+# Short, so that catch-up (every heartbeat with more than one node), lease
+# expiry, recovery and rebalances all happen many times per seed. Not shorter:
+# each heartbeat re-ranks the 256 partitions (rendezvous hashing), the
+# simulation's largest cost.
 HEARTBEAT: Final = 0.1
 LEASE_TTL: Final = 0.3
 
@@ -106,6 +110,9 @@ class Cluster:
             cast(Journal, journal), node_id=name, registry=CollectorRegistry(),
             heartbeat_interval=HEARTBEAT, lease_ttl=LEASE_TTL, grace=0.5, idle_timeout=0.3,
             clock=LoopClock(EPOCH), new_id=self._new_id,
+            # Tight bounds now and then: commands refused (clients retry), and
+            # internal messages waiting for room in a full mailbox.
+            mailbox_size=rng.choice((2, 64, 64)), max_in_flight=rng.choice((2, 10_000, 10_000)),
         )
         if self._shortcut:
             runtime.trust_stale_rows = True
@@ -118,7 +125,7 @@ class Cluster:
     def kill(self, node: Incarnation) -> None:
         """kill -9: the process does nothing more; its leases run out."""
         if not node.dead:
-            self._trace.add(anyio.current_time(), node.name, "KILL")
+            self._trace.add(anyio.current_time(), node.name, "KILL", fault="kill")
         node.journal.process.dead = True
         node.scope.cancel()
 
@@ -127,7 +134,7 @@ class Cluster:
         node.accepting = False
         while node.calls:
             await anyio.sleep(0.01)
-        self._trace.add(anyio.current_time(), node.name, "LEAVE")
+        self._trace.add(anyio.current_time(), node.name, "LEAVE", fault="leave")
         node.leave.set()
         await node.stopped.wait()
 

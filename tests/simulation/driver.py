@@ -3,8 +3,8 @@
 `Plan.draw(seed)` decides everything up front: how many nodes start, how long
 the chaos lasts, the verification TTL, which customers are invited (some
 twice, some with an idempotency key), who verifies with the right token, a
-wrong one, or never, the generic workflows, node kills, leaves and joins, and
-outage windows. `Clients` send the requests like HTTP clients would: to a
+wrong one, or never, the generic workflows, node kills, leaves, joins and
+pauses, and outage windows. `Clients` send the requests like HTTP clients would: to a
 random node that is up, retrying on an outage, an overload or a dead node
 (with the same idempotency key when they have one; without one, a retry after
 an unknown outcome is a new, duplicate invite, as it would be over HTTP).
@@ -13,6 +13,7 @@ an unknown outcome is a new, duplicate invite, as it would be over HTTP).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,7 +33,7 @@ from actors import (
 from journal import JournalUnavailableError
 from runtime import OverloadedError
 
-from .cluster import SLOTS, Cluster, Incarnation, NoNodeError
+from .cluster import LEASE_TTL, SLOTS, Cluster, Incarnation, NoNodeError
 from .workload import CHORES, Chore, Effects
 
 __all__ = ["Clients", "Plan", "run_node_ops"]
@@ -67,8 +68,9 @@ class ChoreStart:
 @dataclass(frozen=True)
 class NodeOp:
     at: float
-    kind: str  # kill | leave | join
+    kind: str  # kill | leave | join | pause
     slot: int
+    seconds: float  # how long a pause lasts
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,9 @@ class Plan:
                        Chore(flaky_failures=rng.randint(0, 3), nap=rng.uniform(0.0, 0.4)))
             for j in range(rng.randint(1, 3))
         )
-        ops = tuple(NodeOp(rng.uniform(0.1, chaos), rng.choice(("kill", "kill", "leave",
-                                                                 "join")), rng.randrange(SLOTS))
+        kinds = ("kill", "kill", "leave", "join", "pause")
+        ops = tuple(NodeOp(rng.uniform(0.1, chaos), rng.choice(kinds), rng.randrange(SLOTS),
+                           rng.uniform(0.5, 3.0) * LEASE_TTL)
                     for _ in range(rng.randint(0, 6)))
         outages = tuple(_outage(rng, chaos) for _ in range(rng.randint(0, 3)))
         return cls(chaos, ttl, rng.randint(1, SLOTS), tuple(invites),
@@ -127,12 +130,14 @@ async def _sleep_until(at: float) -> None:
 
 
 async def run_node_ops(tg: anyio.abc.TaskGroup, cluster: Cluster, plan: Plan) -> None:
-    """Kill, stop or start nodes at the plan's times (during the chaos only)."""
+    """Kill, stop, pause or start nodes at the plan's times (during the chaos only)."""
     for op in sorted(plan.node_ops, key=lambda op: op.at):
         await _sleep_until(op.at)
         node = cluster.slots[op.slot]
         if op.kind == "kill" and node is not None:
             cluster.kill(node)
+        elif op.kind == "pause" and node is not None:
+            node.journal.pause(op.seconds)
         elif op.kind == "leave" and node is not None and node.up:
             tg.start_soon(cluster.leave, node)
         elif op.kind == "join" and node is None and op.slot not in cluster.restarting:
@@ -142,7 +147,8 @@ async def run_node_ops(tg: anyio.abc.TaskGroup, cluster: Cluster, plan: Plan) ->
 class Clients:
     """Everyone outside the cluster. `accepted` maps each workflow id a node
     acknowledged to what it is for; `right_tokens` holds the customers who
-    were sent their right token; `errors` are answers no client should get."""
+    were sent their right token; `errors` are answers no client should get;
+    `retries` counts the requests sent again, by the error that came back."""
 
     def __init__(self, seed: int, cluster: Cluster, effects: Effects, plan: Plan) -> None:
         self._rng = random.Random(f"{seed}:clients")
@@ -153,6 +159,7 @@ class Clients:
         self.accepted: dict[str, str] = {}
         self.right_tokens: set[str] = set()
         self.errors: list[str] = []
+        self.retries: Counter[str] = Counter()  # requests sent again, by what they got
         self.pending = 0
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -233,7 +240,8 @@ class Clients:
         while anyio.current_time() < self._give_up_at:
             try:
                 return await self._cluster.on_some_node(self._rng, request)
-            except (JournalUnavailableError, OverloadedError, NoNodeError):
+            except (JournalUnavailableError, OverloadedError, NoNodeError) as exc:
+                self.retries[type(exc).__name__] += 1
                 await anyio.sleep(self._rng.uniform(0.02, 0.2))
             except Exception as exc:  # noqa: BLE001 - any other answer is a finding
                 self.errors.append(f"[no-unexpected-errors] client request {what} raised "

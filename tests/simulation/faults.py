@@ -9,6 +9,8 @@ the node's `FaultProfile` and seeded RNG decide:
   one of the seed's outage windows (all nodes, or one node cut off);
 - stall for longer than a lease lasts, before the call (it then runs with a
   stale view) or after it (the node learns late what it did);
+- wait out a pause of the whole node (`pause`: every call blocks until it
+  ends, like a process stopped with SIGSTOP, as the database sees it);
 - after a write (`append`, `create_workflow`) that committed: lose the answer
   (JournalUnavailableError), or kill the node (SimulatedCrash, like kill -9);
 - hold back the answer of a write that accepted a new workflow: the window in
@@ -114,6 +116,12 @@ class SimJournal:
         self._chaos = chaos
         self._trace = trace
         self._ledger = ledger
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Every call, from now on for `seconds`, blocks until the pause ends."""
+        self._paused_until = anyio.current_time() + seconds
+        self._add(f"PAUSE {seconds:.3f}s", fault="pause")
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -141,11 +149,11 @@ class SimJournal:
     async def wake(self, payloads: Sequence[str]) -> None:
         async def send(*args: Any) -> None:
             if self._struck(self.profile.drop_wake_p):
-                self._add(f"wake dropped {summarize(list(payloads))}")
+                self._add(f"wake dropped {summarize(list(payloads))}", fault="wake dropped")
                 return
             await self._inner.wake(payloads)
             if self._struck(self.profile.dup_wake_p):
-                self._add(f"wake sent twice {summarize(list(payloads))}")
+                self._add(f"wake sent twice {summarize(list(payloads))}", fault="wake doubled")
                 await self._inner.wake(payloads)
 
         await self._call("wake", send, (list(payloads),), {})
@@ -156,12 +164,12 @@ class SimJournal:
             if self.process.dead:
                 return
             if self._struck(self.profile.drop_wake_p):
-                self._add(f"recv dropped {payload!r}")
+                self._add(f"recv dropped {payload!r}", fault="wake dropped")
                 return
             self._add(f"recv {payload!r}")
             on_wake(payload)
             if self._struck(self.profile.dup_wake_p):
-                self._add(f"recv again {payload!r}")
+                self._add(f"recv again {payload!r}", fault="wake doubled")
                 on_wake(payload)
 
         await self._inner.serve_node(node_id, receive, task_status=task_status)
@@ -191,6 +199,7 @@ class SimJournal:
         return result
 
     async def _before(self, name: str) -> None:
+        await self._wait_out_pause()
         if self._chaos.healed:
             return
         await self._jitter()
@@ -198,26 +207,33 @@ class SimJournal:
             await self._stall(f"before {name}")
         if self._chaos.down(self.process.slot, anyio.current_time()) \
                 or self._struck(self.profile.blip_p):
-            self._add(f"{name} !outage")
+            self._add(f"{name} !outage", fault="outage")
             raise JournalUnavailableError(f"simulated outage: {self.process.name} is cut off")
 
     async def _after(self, name: str, *, wrote: bool, fresh: bool) -> None:
+        await self._wait_out_pause()
         if self._chaos.healed:
             return
         if wrote and self._struck(self.profile.crash_p):
-            self._add(f"CRASH after {name}")
+            self._add(f"CRASH after {name}", fault="crash")
             self.process.dead = True
             raise SimulatedCrash(f"simulated crash of {self.process.name} after {name}")
         if wrote and self._struck(self.profile.lost_answer_p):
-            self._add(f"{name} committed, answer lost")
+            self._add(f"{name} committed, answer lost", fault="answer lost")
             raise JournalUnavailableError(f"simulated outage: the answer to {name} was lost")
         if fresh and self._struck(self.profile.window_p):
             # Long enough, often, for a heartbeat's catch-up or a recovery to
             # find the new workflow before start_workflow queues it.
-            await anyio.sleep(self.process.rng.choice((0.0, 0.03, 0.06, 0.12)))
+            seconds = self.process.rng.choice((0.0, 0.03, 0.06, 0.12))
+            self._add(f"{name} answer held {seconds}s", fault="accept held")
+            await anyio.sleep(seconds)
         await self._jitter()
         if self._struck(self.profile.stall_p):
             await self._stall(f"after {name}")
+
+    async def _wait_out_pause(self) -> None:
+        if (left := self._paused_until - anyio.current_time()) > 0:
+            await anyio.sleep(left)
 
     async def _jitter(self) -> None:
         rng = self.process.rng
@@ -229,11 +245,11 @@ class SimJournal:
 
     async def _stall(self, where: str) -> None:
         seconds = self.process.rng.uniform(1.2, 3.0) * self._chaos.lease_ttl
-        self._add(f"stall {seconds:.3f}s {where}")
+        self._add(f"stall {seconds:.3f}s {where}", fault="stall")
         await anyio.sleep(seconds)
 
     def _struck(self, p: float) -> bool:
         return p > 0 and not self._chaos.healed and self.process.rng.random() < p
 
-    def _add(self, line: str) -> None:
-        self._trace.add(anyio.current_time(), self.process.name, line)
+    def _add(self, line: str, *, fault: str | None = None) -> None:
+        self._trace.add(anyio.current_time(), self.process.name, line, fault=fault)

@@ -13,7 +13,7 @@ notes each time a journal row went backwards (invariant 2).
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -103,9 +103,13 @@ class Trace:
         self._hash = hashlib.sha256()
         self.tail: deque[str] = deque(maxlen=tail or None)
         self.calls = 0
+        self.faults: Counter[str] = Counter()  # what struck, by kind: the seed's figures
 
-    def add(self, now: float, node: str, line: str) -> None:
-        """A line in the digest (a journal call and its outcome)."""
+    def add(self, now: float, node: str, line: str, *, fault: str | None = None) -> None:
+        """A line in the digest (a journal call and its outcome, or an event
+        of the simulation; `fault` counts it under that kind)."""
+        if fault is not None:
+            self.faults[fault] += 1
         text = f"{now:11.6f} {node:>7} {line}"
         self._hash.update(text.encode())
         self._hash.update(b"\n")

@@ -40,6 +40,8 @@ __all__ = ["Options", "SeedResult", "replay_command", "run_seed", "switches_miss
 
 # After the heal, time given to settle, past the verification TTL.
 _SETTLE: Final = 20.0
+# Then, time given to every node to let go of the commands it accepted.
+_DRAIN: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,9 @@ class _World:
         for check in CHECKS:
             self.violations += check(snapshot)
         self.stats.update(workflows=len(snapshot.rows), runtimes=len(cluster.runtimes),
-                          journal_calls=self.trace.calls)
+                          journal_calls=self.trace.calls,
+                          faults=dict(sorted(self.trace.faults.items())),
+                          client_retries=dict(sorted(clients.retries.items())))
 
     async def _run(self, tg: anyio.abc.TaskGroup, cluster: Cluster, clients: Clients,
                    chaos: Chaos, journal: MemoryJournal) -> None:
@@ -160,10 +164,7 @@ class _World:
         if not settled:
             self.violations.append(f"[quiescence] not settled {_SETTLE:g} virtual seconds "
                                    "after the heal (see all-settled)")
-        self.violations += [f"[in-flight-released] node {node.name} still counts "
-                            f"{node.runtime.statistics().in_flight} accepted workflows in "
-                            "flight once everything settled"
-                            for node in cluster.up() if node.runtime.statistics().in_flight]
+        self.violations += await self._drained(cluster)
         await cluster.shutdown()
         self.violations += cluster.errors + clients.errors
 
@@ -171,6 +172,20 @@ class _World:
                         scope: anyio.CancelScope) -> None:
         with scope:  # cancelled at the heal: no kill after it
             await run_node_ops(tg, cluster, self.plan)
+
+    async def _drained(self, cluster: Cluster) -> list[str]:
+        """Every node lets go of the commands it accepted: its in-flight count
+        drops to 0. Not at once: a node may still be in the middle of a run
+        that a stall from before the heal holds up (its writes are fenced)."""
+        deadline = anyio.current_time() + _DRAIN
+        while anyio.current_time() < deadline:
+            if not any(node.runtime.statistics().in_flight for node in cluster.up()):
+                return []
+            await anyio.sleep(0.1)
+        return [f"[in-flight-released] node {node.name} still counts "
+                f"{node.runtime.statistics().in_flight} accepted commands in flight "
+                f"{_DRAIN:g} virtual seconds after everything settled"
+                for node in cluster.up() if node.runtime.statistics().in_flight]
 
     async def _settle(self, clients: Clients, journal: MemoryJournal) -> bool:
         """Let time run until the clients are done and no workflow can move."""
