@@ -3,7 +3,7 @@
 Import from here; the modules behind it are private.
 """
 
-from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock
+from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock, VirtualClock
 from .context import StepInfo, Wakeup, WorkflowContext, current_step
 from .errors import (
     NonDeterminismError,
@@ -37,6 +37,7 @@ __all__ = [
     "Clock",
     "LoopClock",
     "SystemClock",
+    "VirtualClock",
     "DEFAULT_RETRY",
     "NO_RETRY",
     "CrashingJournal",

@@ -20,9 +20,10 @@ from typing import Any, Literal
 
 from journal import Journal, MemoryJournal, open_journal
 
+from .clock import VirtualClock
 from .system import Runtime, WorkflowFn
 
-__all__ = ["open_test_runtime"]
+__all__ = ["VirtualClock", "open_test_runtime"]
 
 
 @asynccontextmanager
@@ -32,12 +33,16 @@ async def open_test_runtime(
     **options: Any,
 ) -> AsyncIterator[Runtime]:
     """An open Runtime with `workflows` registered (by their __name__), over a
-    MemoryJournal, a PostgreSQL one, or the journal given. `options` go to Runtime."""
+    MemoryJournal, a PostgreSQL one, or the journal given. `options` go to Runtime;
+    with `clock=VirtualClock()` a MemoryJournal made here keeps time on it too."""
     if not isinstance(journal, str):
         async with _opened(journal, workflows, options) as runtime:
             yield runtime
     elif journal == "memory":
-        async with _opened(MemoryJournal(), workflows, options) as runtime:
+        clock = options.get("clock")
+        memory = MemoryJournal(clock=clock.timestamp) if isinstance(clock, VirtualClock) \
+            else MemoryJournal()
+        async with _opened(memory, workflows, options) as runtime:
             yield runtime
     else:
         with tempfile.TemporaryDirectory(prefix="retinue-test-") as folder:

@@ -29,6 +29,10 @@ class TimerService:
         self._set: dict[str, float] = {}
         self._order = itertools.count()
         self._changed = anyio.Event()
+        clock.on_jump(self._look_again)
+
+    def _look_again(self) -> None:
+        self._changed.set()
 
     def __len__(self) -> int:
         return len(self._set)

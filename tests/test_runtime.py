@@ -16,6 +16,7 @@ from runtime import (
     RestartPolicy,
     RetryPolicy,
     Runtime,
+    VirtualClock,
     WorkflowContext,
     current_step,
 )
@@ -176,20 +177,21 @@ async def test_signal_and_wait_survive_a_restart(journal: Journal) -> None:
 
 async def test_a_timer_that_came_due_while_down_fires_once(journal: Journal) -> None:
     effects = Effects()
+    clock = VirtualClock()
 
     async def flow(ctx: WorkflowContext, _: None) -> int:
-        await ctx.sleep(0.3)
+        await ctx.sleep(3 * 3600)
         return await ctx.step("after", effects.act, "after", 1)
 
-    async with Runtime(journal) as rt:
+    async with Runtime(journal, clock=clock) as rt:
         rt.register(flow)
         row, _ = await rt.start_workflow("flow", None, actor_key="a:1")
         await wait_status(journal, row.id, "waiting")
-    await anyio.sleep(0.4)
-    async with Runtime(journal) as rt:
+    await clock.advance(hours=4)  # while no runtime runs
+    async with Runtime(journal, clock=clock) as rt:
         rt.register(flow)
         done = await rt.wait_for_finish(row.id, 5)
-        await anyio.sleep(0.1)
+        await clock.advance(hours=4)  # a second firing would show in the effects
     assert done is not None and done.result == 10
     assert effects.count() == {"after": 1}
     waits = [s for s in await journal.load_steps(row.id) if s.kind == "wait"]
