@@ -60,12 +60,14 @@ from actors import (
     InviteCustomer,
     InviteResult,
     Message,
+    NotVerifiableError,
     Onboarding,
     OutgoingMessage,
     VerifyCustomer,
     VerifyResult,
     customer_actor_key,
     customer_id_for,
+    ensure_verifiable,
     normalize_email,
     rebuild_projections,
     verify_event_key,
@@ -1339,14 +1341,11 @@ class _Api:
 def _verifiable(customer: Customer, *, rejecting: bool = True) -> Customer:
     """The customer, if an invitation is still open; else 409. `rejecting`: the
     command is refused here (not after it was accepted), for the metrics."""
-    if customer.status == "verified":
-        raise ApiError(409, f"customer {customer.id} is already verified", id=customer.id,
-                       reason="already_verified" if rejecting else None)
-    if customer.status == "expired":
-        raise ApiError(409, f"the invitation of customer {customer.id} has expired; it can no "
-                       "longer be verified", id=customer.id,
-                       reason="expired" if rejecting else None)
-    return customer
+    try:
+        return ensure_verifiable(customer)
+    except NotVerifiableError as exc:
+        raise ApiError(409, str(exc), id=exc.customer_id,
+                       reason=exc.reason if rejecting else None) from exc
 
 
 def _summary(row: WorkflowRow) -> WorkflowSummary:

@@ -22,6 +22,12 @@ from .messages import (
 from .onboarding import ALREADY_INVITED, WRONG_TOKEN
 from .projections import CUSTOMER, MESSAGE, decode_event, project_customer, project_message
 from .rebuild import rebuild_projections
+from .verification import (
+    AlreadyVerifiedError,
+    InvitationExpiredError,
+    NotVerifiableError,
+    ensure_verifiable,
+)
 from .workflows import (
     COMMUNICATE_WORKFLOW,
     DEFAULT_VERIFICATION_TTL,
@@ -34,6 +40,7 @@ from .workflows import (
 
 __all__ = [
     "ALREADY_INVITED",
+    "AlreadyVerifiedError",
     "COMMUNICATE_WORKFLOW",
     "CUSTOMER",
     "CommunicationRequest",
@@ -48,12 +55,14 @@ __all__ = [
     "INVITE_EVENT",
     "INVITE_WORKFLOW",
     "InvalidEmailError",
+    "InvitationExpiredError",
     "InviteCustomer",
     "InviteResult",
     "MESSAGE",
     "Message",
     "MessageDelivered",
     "MessageRecorded",
+    "NotVerifiableError",
     "Onboarding",
     "OutboxCommunicator",
     "OutgoingMessage",
@@ -65,6 +74,7 @@ __all__ = [
     "customer_actor_key",
     "customer_id_for",
     "decode_event",
+    "ensure_verifiable",
     "normalize_email",
     "project_customer",
     "project_message",

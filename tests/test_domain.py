@@ -10,11 +10,13 @@ import pytest
 from actors import (
     ALREADY_INVITED,
     WRONG_TOKEN,
+    AlreadyVerifiedError,
     CustomerInvited,
     CustomerInviteFailed,
     CustomerVerificationExpired,
     CustomerVerified,
     InvalidEmailError,
+    InvitationExpiredError,
     InviteCustomer,
     MessageDelivered,
     MessageRecorded,
@@ -22,6 +24,7 @@ from actors import (
     VerifyCustomer,
     customer_id_for,
     decode_event,
+    ensure_verifiable,
     normalize_email,
     project_customer,
     project_message,
@@ -84,6 +87,22 @@ def test_operate_expire() -> None:
     assert operate_expire(invited, NOW) == CustomerVerificationExpired(
         customer_id=invited.customer_id, expired_at=NOW
     )
+
+
+def test_only_a_customer_whose_invitation_is_open_can_be_verified() -> None:
+    customer = project_customer(None, _invited())
+    assert customer is not None
+    assert ensure_verifiable(customer) is customer
+    verified = project_customer(customer, CustomerVerified(customer_id=customer.id,
+                                                           verified_at=NOW))
+    expired = project_customer(customer, CustomerVerificationExpired(customer_id=customer.id))
+    assert verified is not None and expired is not None
+    with pytest.raises(AlreadyVerifiedError, match=f"customer {customer.id} is already") as done:
+        ensure_verifiable(verified)
+    assert (done.value.reason, done.value.customer_id) == ("already_verified", customer.id)
+    with pytest.raises(InvitationExpiredError, match="can no longer be verified") as late:
+        ensure_verifiable(expired)
+    assert (late.value.reason, late.value.customer_id) == ("expired", customer.id)
 
 
 def test_project_customer_follows_the_life_cycle() -> None:
