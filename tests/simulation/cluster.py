@@ -91,7 +91,6 @@ class Cluster:
         self.slots: list[Incarnation | None] = [None] * SLOTS
         self.runtimes: list[Runtime] = []
         self.errors: list[str] = []
-        self.kills = 0
         self.shutting_down = False
 
     # -- life cycle -------------------------------------------------------------
@@ -150,8 +149,11 @@ class Cluster:
         return [n for n in self.slots if n is not None and n.up and not n.dead]
 
     def ensure_one_up(self) -> None:
-        if not any(n is not None and not n.dead for n in self.slots) and not self.restarting:
-            self.start(next(i for i, n in enumerate(self.slots) if n is None))
+        """Start a node if none is alive or coming back. (A slot whose node is
+        dying is not free yet, but that node restarts once it is gone.)"""
+        free = [slot for slot, node in enumerate(self.slots) if node is None]
+        if free and not self.restarting and all(n is None or n.dead for n in self.slots):
+            self.start(free[0])
 
     # -- client requests ----------------------------------------------------------
 
