@@ -1,8 +1,9 @@
 """The communication port: how a message reaches the customer.
 
-The domain only knows this Protocol. The server plugs in a webhook sender when
-COMMUNICATION_WEBHOOK_URL is set; otherwise messages stay in the outbox (the
-`message` projection) and are logged.
+The domain only knows this Protocol. server.py plugs in the webhook adapter
+(`edge.WebhookCommunicator`, in edge/webhook.py: it speaks HTTP through aiohttp, which
+the domain does not import) when COMMUNICATION_WEBHOOK_URL is set; otherwise messages
+stay in the outbox (the `message` projection) and are logged.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from actors import Communicator, Onboarding, customer_actor_key
+from edge import create_app
 from journal import PostgresJournal
 from runtime import Runtime
-from server import create_app
 
 __all__ = ["Served", "serving", "eventually", "invitation_token", "workflow_count"]
 

@@ -17,9 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
+from edge import WebhookCommunicator
+from edge import quantile as _quantile
 from journal import PARTITION_COUNT, Batch, NewWorkflow, PostgresJournal, StatusChange
 from runtime import WorkflowContext
-from server import WebhookCommunicator, _quantile
 from tests.server_support import Served, eventually, serving
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server import WebhookCommunicator
+from edge import WebhookCommunicator
 from tests.server_support import Served, eventually, serving
 
 ROOT = Path(__file__).resolve().parent.parent

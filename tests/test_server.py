@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
+from edge import WebhookCommunicator
 from runtime import RestartPolicy, WorkflowContext
-from server import WebhookCommunicator, parse_config
+from server import parse_config
 from tests.server_support import (
     Served,
     eventually,

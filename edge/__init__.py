@@ -1,0 +1,31 @@
+"""The HTTP edge of Retinue: aiohttp routes over the runtime and the onboarding app.
+
+The only package that imports aiohttp's web server. `create_app` builds the
+application; `open_server` / `serve` put it on a socket; `WebhookCommunicator` is the
+webhook adapter of the domain's communication port. Import from here; the modules
+behind it each own one concept (see the README's Layout).
+"""
+
+from .app import MAX_BODY, create_app
+from .errors import ApiError
+from .metrics import HttpMetrics
+from .openapi import openapi_document
+from .routing import Route
+from .sampler import quantile
+from .serving import Listening, open_server, serve
+from .webhook import WebhookCommunicator, WebhookError
+
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "HttpMetrics",
+    "Listening",
+    "Route",
+    "WebhookCommunicator",
+    "WebhookError",
+    "create_app",
+    "open_server",
+    "openapi_document",
+    "quantile",
+    "serve",
+]
