@@ -384,7 +384,14 @@ DROP FUNCTION retinue_append(
     text[], text[], bigint[], text[], text[], text[], integer[], text[], text[], text[],
     text[], text[], text[], text[], text[], bigint[]);
 
-CREATE FUNCTION retinue_append(g jsonb) RETURNS void LANGUAGE plpgsql AS $fn$
+-- An append touches a few rows per batch, found by primary key. The planner
+-- guesses 100 rows for every jsonb_to_recordset, and once the tables hold a few
+-- thousand rows it would join them by hashing a sequential scan of workflows
+-- (bench workflow: half the throughput). So the function plans nested loops over
+-- the indexes, always.
+CREATE FUNCTION retinue_append(g jsonb) RETURNS void LANGUAGE plpgsql
+SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off
+AS $fn$
 DECLARE
     bad record;
 BEGIN
