@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry
 from runtime import Runtime
 
 from .schemas import (
-    WORKFLOW_STATUSES,
     Latency,
     OverviewReply,
     Percentiles,
     Rates,
     RuntimeNumbers,
     Sample,
+    every_status,
 )
 
 __all__ = ["Sampler", "quantile"]
@@ -152,7 +152,7 @@ class Sampler:
         stats = self._runtime.statistics()
         return OverviewReply(
             now=datetime.now(UTC),
-            counts={status: counts.get(status, 0) for status in WORKFLOW_STATUSES},
+            counts=every_status(counts),
             total=sum(counts.values()),
             runtime=RuntimeNumbers(
                 ready=stats.ready, active_actors=stats.active_actors,

@@ -48,15 +48,22 @@ __all__ = [
     "TraceReply",
     "VerifyReply",
     "VerifyRequest",
+    "WorkflowCountsReply",
     "WorkflowQuery",
     "WorkflowReply",
     "WorkflowSummary",
     "WorkflowsReply",
     "encoder",
+    "every_status",
     "json_response",
 ]
 
 WORKFLOW_STATUSES: Final = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+
+
+def every_status(counts: Mapping[str, int]) -> dict[str, int]:
+    """`counts` per workflow status with every status present, in the usual order."""
+    return {status: counts.get(status, 0) for status in WORKFLOW_STATUSES}
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -301,6 +308,12 @@ class Sample(_Reply, frozen=True):
     in_flight: int
     mailbox_depth: int
     active_actors: int
+
+
+class WorkflowCountsReply(_Reply, frozen=True):
+    """How many workflows are in each status (every status, 0 where none)."""
+
+    counts: dict[str, int]
 
 
 class OverviewReply(_Reply, frozen=True):

@@ -149,6 +149,40 @@ async def test_the_overview_counts_workflows_and_measures_rates_and_latency(
         assert "`$.minutes`" in (await response.json())["error"]
 
 
+async def test_workflow_counts_are_the_overviews_counts_alone_behind_the_token(
+    pg_dsn: str,
+) -> None:
+    token = {"Authorization": "Bearer s3cret"}
+    async with serving(pg_dsn, api_token="s3cret") as served:
+        client = served.client
+        assert (await client.get("/api/workflow-counts")).status == 401
+        empty = await client.get("/api/workflow-counts", headers=token)
+        assert await empty.json() == {"counts": {"pending": 0, "running": 0, "waiting": 0,
+                                                 "completed": 0, "failed": 0, "cancelled": 0}}
+        for name in ("ann", "ben"):
+            await invite(served, f"{name}@example.com", **token)
+
+        async def settled() -> Any:
+            response = await client.get("/api/workflow-counts", headers=token)
+            data = await response.json()
+            return data if data["counts"]["completed"] == 2 else None
+
+        data = await eventually(settled)
+        assert data == {"counts": {"pending": 0, "running": 0, "waiting": 2, "completed": 2,
+                                   "failed": 0, "cancelled": 0}}
+        overview = await (await client.get("/api/overview", headers=token)).json()
+        assert overview["counts"] == data["counts"]
+
+        spec = await (await client.get("/openapi.json", headers=token)).json()
+        operation = spec["paths"]["/api/workflow-counts"]["get"]
+        assert "401" in operation["responses"] and "security" not in operation
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/WorkflowCountsReply"
+        }
+        schema = spec["components"]["schemas"]["WorkflowCountsReply"]
+        assert schema["required"] == ["counts"]
+
+
 # -- actors and their event logs ----------------------------------------------------------
 
 

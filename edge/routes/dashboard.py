@@ -1,5 +1,6 @@
 """The dashboard's numbers and views: the overview (rates, percentiles, samples),
-the active actors, an actor's event log, and a workflow's trace."""
+the workflows per status, the active actors, an actor's event log, and a workflow's
+trace."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from edge.schemas import (
     OverviewQuery,
     OverviewReply,
     TraceReply,
+    WorkflowCountsReply,
+    every_status,
     json_response,
 )
 from edge.validation import query, workflow_id
@@ -28,8 +31,8 @@ __all__ = ["Dashboard"]
 
 
 class Dashboard:
-    """GET /workflows/{id}/trace, GET /api/overview, GET /api/actors and
-    GET /actors/{key}/events: what the dashboard's page shows."""
+    """GET /workflows/{id}/trace, GET /api/overview, GET /api/workflow-counts,
+    GET /api/actors and GET /actors/{key}/events: what the dashboard's page shows."""
 
     def __init__(self, services: Services, sampler: Sampler) -> None:
         self._s = services
@@ -46,6 +49,9 @@ class Dashboard:
                   "Workflows per status, rates, latency percentiles and recent samples",
                   {200: ("the numbers over the last `minutes`", OverviewReply), 400: BAD},
                   query=OverviewQuery),
+            Route("GET", "/api/workflow-counts", self.workflow_counts,
+                  "Workflows per status, without the overview's rates and samples",
+                  {200: ("the number of workflows in each status", WorkflowCountsReply)}),
             Route("GET", "/api/actors", self.actors,
                   "Active actors with their mailbox depth and running workflow; passivations",
                   {200: ("the actors, busiest first", ActorsReply), 400: BAD},
@@ -67,6 +73,10 @@ class Dashboard:
         q = query(request, OverviewQuery, "minutes (1 to 15)")
         counts = await self._s.journal.count_workflows_by_status()
         return json_response(200, self._sampler.overview(counts, q.minutes))
+
+    async def workflow_counts(self, request: web.Request) -> web.Response:
+        counts = await self._s.journal.count_workflows_by_status()
+        return json_response(200, WorkflowCountsReply(counts=every_status(counts)))
 
     async def actors(self, request: web.Request) -> web.Response:
         q = query(request, ActorsQuery, "q (part of an actor key) and limit (1 to 1000)")
