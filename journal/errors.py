@@ -19,12 +19,15 @@ class JournalError(Exception):
 
 
 class JournalUnavailableError(JournalError):
-    """The database cannot be reached; the write did not happen and may be retried."""
+    """The database could not be reached, or did not answer in time. A write may or
+    may not have landed (its answer may be what was lost): sending the very same
+    batch again is safe, the journal finds it there and does nothing."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(
-            f"the journal database is unavailable ({detail}); the write was not made, "
-            "retry once PostgreSQL is reachable again"
+            f"the journal database is unavailable ({detail}); the call may not have "
+            "taken effect: retry it (with the same Idempotency-Key, for a command) once "
+            "PostgreSQL answers again"
         )
 
 
