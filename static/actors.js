@@ -2,14 +2,11 @@
 // passivated count; and one actor's event log and workflows.
 
 import { api } from "./api.js";
+import { REFRESH_MS } from "./constants.js";
 import {
-  actorLink, card, empty, h, idLink, jsonBlock, number, pill, relative, shortId, when,
+  actorLink, empty, h, idLink, jsonBlock, number, pill, relative, shortId, stat, when,
 } from "./dom.js";
-
-function stat(label, value, sub) {
-  return h("div", { class: "stat" }, h("div", { class: "stat-label" }, label),
-    h("div", { class: "stat-value" }, value), sub ? h("div", { class: "stat-sub" }, sub) : null);
-}
+import { refresh } from "./shell.js";
 
 function depthBar(depth, most) {
   const fill = h("span", { class: "depth-fill" });
@@ -19,36 +16,40 @@ function depthBar(depth, most) {
 
 export function actorsView(root) {
   const search = h("input", { class: "input", placeholder: "filter by key", name: "q" });
-  search.addEventListener("input", () => view.refresh());
+  search.addEventListener("input", () => refresh(view));
   const stats = h("div", { class: "stats" });
   const body = h("div", { class: "card table-card" });
   root.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "Actors"), search), stats, body);
 
+  function draw(data) {
+    stats.replaceChildren(
+      stat("Active", number(data.active), "in memory now"),
+      stat("Passivated", number(data.passivated), "idle actors stopped since start"),
+      stat("Mailboxes", number(data.mailbox_depth), "messages queued"),
+      stat("In flight", number(data.in_flight), "accepted, not yet done"));
+    if (!data.actors.length) {
+      body.replaceChildren(empty("No active actor. Actors start on their first message and passivate when idle."));
+      return;
+    }
+    const most = Math.max(...data.actors.map((a) => a.mailbox_depth));
+    body.replaceChildren(h("table", { class: "table", id: "actor-table" },
+      h("thead", {}, h("tr", {}, ["Actor", "Mailbox", "Doing"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, data.actors.map((actor) => h("tr", {},
+        h("td", {}, actorLink(actor.key, { full: true })),
+        h("td", {}, depthBar(actor.mailbox_depth, most)),
+        h("td", {}, actor.current_workflow
+          ? [pill("running"), " ", idLink(actor.current_workflow)]
+          : h("span", { class: "muted" }, "idle")))))));
+    if (data.truncated) {
+      body.append(h("div", { class: "card-foot" }, "More actors match; narrow the filter."));
+    }
+  }
+
   const view = {
-    interval: 2000,
-    async refresh() {
+    interval: REFRESH_MS.actors,
+    async load() {
       const data = await api.actors({ q: search.value.trim(), limit: 500 });
-      stats.replaceChildren(
-        stat("Active", number(data.active), "in memory now"),
-        stat("Passivated", number(data.passivated), "idle actors stopped since start"),
-        stat("Mailboxes", number(data.mailbox_depth), "messages queued"),
-        stat("In flight", number(data.in_flight), "accepted, not yet done"));
-      if (!data.actors.length) {
-        body.replaceChildren(empty("No active actor. Actors start on their first message and passivate when idle."));
-        return;
-      }
-      const most = Math.max(...data.actors.map((a) => a.mailbox_depth));
-      body.replaceChildren(h("table", { class: "table", id: "actor-table" },
-        h("thead", {}, h("tr", {}, ["Actor", "Mailbox", "Doing"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, data.actors.map((actor) => h("tr", {},
-          h("td", {}, actorLink(actor.key, { full: true })),
-          h("td", {}, depthBar(actor.mailbox_depth, most)),
-          h("td", {}, actor.current_workflow
-            ? [h("span", { class: "pill pill-running" }, "running"), " ", idLink(actor.current_workflow)]
-            : h("span", { class: "muted" }, "idle")))))));
-      if (data.truncated) {
-        body.append(h("div", { class: "card-foot" }, "More actors match; narrow the filter."));
-      }
+      return () => draw(data);
     },
   };
   return view;
@@ -72,7 +73,7 @@ export function actorView(root, params, key) {
       onclick: (e) => {
         if (e.target.closest("a")) return;
         if (open.has(event.seq)) open.delete(event.seq); else open.add(event.seq);
-        view.refresh();
+        refresh(view);
       } },
     h("td", { class: "mono" }, String(event.seq)),
     h("td", {}, h("strong", {}, event.type),
@@ -82,20 +83,24 @@ export function actorView(root, params, key) {
     return row;
   }
 
+  function draw(events, page) {
+    log.replaceChildren(events.events.length
+      ? h("table", { class: "table rows-link" }, h("tbody", {}, events.events.map(eventRow)))
+      : empty("This actor has written no event."));
+    flows.replaceChildren(page.workflows.length
+      ? h("table", { class: "table" }, h("tbody", {}, page.workflows.map((wf) => h("tr", {},
+        h("td", {}, pill(wf.status)), h("td", {}, idLink(wf.id)), h("td", {}, wf.name),
+        h("td", { class: "right", title: wf.created_at }, relative(wf.created_at))))))
+      : empty(`No workflow on ${shortId(key)}.`));
+  }
+
   const view = {
-    interval: 3000,
-    async refresh() {
+    interval: REFRESH_MS.actor,
+    async load() {
       const [events, page] = await Promise.all([
         api.events(key, { limit: 1000 }), api.workflows({ actor: key, limit: 20 }),
       ]);
-      log.replaceChildren(events.events.length
-        ? h("table", { class: "table rows-link" }, h("tbody", {}, events.events.map(eventRow)))
-        : empty("This actor has written no event."));
-      flows.replaceChildren(page.workflows.length
-        ? h("table", { class: "table" }, h("tbody", {}, page.workflows.map((wf) => h("tr", {},
-          h("td", {}, pill(wf.status)), h("td", {}, idLink(wf.id)), h("td", {}, wf.name),
-          h("td", { class: "right", title: wf.created_at }, relative(wf.created_at))))))
-        : empty(`No workflow on ${shortId(key)}.`));
+      return () => draw(events, page);
     },
   };
   return view;

@@ -2,9 +2,11 @@
 // confirmation: redeliver a letter, retry a failed workflow.
 
 import { api } from "./api.js";
+import { REFRESH_MS } from "./constants.js";
 import {
-  actorLink, card, confirmDialog, empty, h, idLink, jsonBlock, pill, toast, when,
+  actorLink, confirmDialog, empty, h, idLink, jsonBlock, pill, toast, when,
 } from "./dom.js";
+import { refresh } from "./shell.js";
 
 async function confirmed(options, action, done) {
   if (!(await confirmDialog(options))) return;
@@ -43,7 +45,7 @@ export function deadLettersView(root) {
           message: `Its message goes to ${letter.actor_key} again${workflowId
             ? `, and workflow ${workflowId} is retried from its failed step` : ""}.`,
           confirm: "Redeliver",
-        }, () => api.redeliver(letter.id), `Dead letter #${letter.id} redelivered`).then(() => view.refresh()),
+        }, () => api.redeliver(letter.id), `Dead letter #${letter.id} redelivered`).then(() => refresh(view)),
       }, "Redeliver")));
   }
 
@@ -59,26 +61,30 @@ export function deadLettersView(root) {
           title: "Retry this workflow?",
           message: `Workflow ${wf.id} (${wf.name}) resumes from its failed step. Steps that completed are not run again.`,
           confirm: "Retry",
-        }, () => api.retry(wf.id), "Retry recorded").then(() => view.refresh()),
+        }, () => api.retry(wf.id), "Retry recorded").then(() => refresh(view)),
       }, "Retry")));
   }
 
+  function draw(dead, page) {
+    letters.replaceChildren(dead.dead_letters.length
+      ? h("table", { class: "table", id: "dead-letter-table" },
+        h("thead", {}, h("tr", {}, ["", "Actor", "Message", "Error", "Created", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, dead.dead_letters.map(letterRow)))
+      : empty("No dead letters."));
+    failed.replaceChildren(page.workflows.length
+      ? h("table", { class: "table", id: "failed-table" },
+        h("thead", {}, h("tr", {}, ["Status", "Workflow", "Name", "Actor", "Error", "Failed", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, page.workflows.map(failedRow)))
+      : empty("No failed workflows."));
+  }
+
   const view = {
-    interval: 3000,
-    async refresh() {
+    interval: REFRESH_MS.deadLetters,
+    async load() {
       const [dead, page] = await Promise.all([
         api.deadLetters(), api.workflows({ status: "failed", limit: 100 }),
       ]);
-      letters.replaceChildren(dead.dead_letters.length
-        ? h("table", { class: "table", id: "dead-letter-table" },
-          h("thead", {}, h("tr", {}, ["", "Actor", "Message", "Error", "Created", ""].map((t) => h("th", {}, t)))),
-          h("tbody", {}, dead.dead_letters.map(letterRow)))
-        : empty("No dead letters."));
-      failed.replaceChildren(page.workflows.length
-        ? h("table", { class: "table", id: "failed-table" },
-          h("thead", {}, h("tr", {}, ["Status", "Workflow", "Name", "Actor", "Error", "Failed", ""].map((t) => h("th", {}, t)))),
-          h("tbody", {}, page.workflows.map(failedRow)))
-        : empty("No failed workflows."));
+      return () => draw(dead, page);
     },
   };
   return view;

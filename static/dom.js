@@ -127,8 +127,6 @@ export function actorLink(key, { full = false } = {}) {
     id && !full ? `${kind}:${shortId(id)}` : key);
 }
 
-export const STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"];
-
 export function pill(status) {
   return h("span", { class: `pill pill-${status}` }, status);
 }
@@ -240,6 +238,12 @@ export function toast(message, kind = "ok") {
 
 export function empty(text) {
   return h("div", { class: "empty" }, text);
+}
+
+/** A number with its label over it and an optional line under it. */
+export function stat(label, value, sub) {
+  return h("div", { class: "stat" }, h("div", { class: "stat-label" }, label),
+    h("div", { class: "stat-value" }, value), sub ? h("div", { class: "stat-sub" }, sub) : null);
 }
 
 export function card(title, ...body) {

@@ -1,28 +1,22 @@
-// The dashboard's shell: a hash router over the views, and live refresh.
+// The dashboard's shell: a hash router over the views, and the top bar's buttons.
 //
 // Routes: #/overview, #/workflows?status=&name=&customer=&range=, #/workflows/<id>,
-// #/actors, #/actors/<key>, #/dead-letters. Each view has refresh() (fetch and
-// draw) and interval (ms); while "Live" is on and the tab is visible, the current
-// view refreshes itself on that interval.
+// #/actors, #/actors/<key>, #/dead-letters. Each view is mounted on the refresh bus
+// (shell.js), which loads and draws it, keeps it live, and shows what failed.
 
-import { ApiError, forgetToken, hasToken } from "./api.js";
+import { forgetToken, hasToken } from "./api.js";
 import { actorView, actorsView } from "./actors.js";
 import { deadLettersView } from "./deadletters.js";
-import { h } from "./dom.js";
 import { overviewView } from "./overview.js";
+import { mount, setLive } from "./shell.js";
 import { workflowView } from "./workflow.js";
 import { workflowsView } from "./workflows.js";
 
 const main = document.getElementById("main");
-const problem = document.getElementById("problem");
 const liveButton = document.getElementById("live");
 const forgetButton = document.getElementById("forget");
-const updated = document.getElementById("updated");
 
 let live = true;
-let current = null;
-let generation = 0;
-let timer = null;
 
 function route() {
   const [path, query] = (window.location.hash.replace(/^#/, "") || "/overview").split("?");
@@ -38,58 +32,22 @@ function route() {
   return ["overview", () => overviewView(main, params)];
 }
 
-function showProblem(error) {
-  if (!error) {
-    problem.hidden = true;
-    return;
-  }
-  const text = error instanceof ApiError ? `${error.status}: ${error.message}`
-    : `Cannot reach the server (${error.message}). Retrying…`;
-  problem.replaceChildren(h("strong", {}, "Could not load. "), text);
-  problem.hidden = false;
-}
-
-async function refresh(gen) {
-  if (gen !== generation) return;
-  try {
-    await current.refresh();
-    showProblem(null);
-    updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
-    document.body.dataset.loaded = "true";
-  } catch (error) {
-    if (gen !== generation) return;
-    showProblem(error);
-  }
-  if (gen === generation) schedule(gen);
-}
-
-function schedule(gen) {
-  clearTimeout(timer);
-  timer = setTimeout(() => {
-    if (live && !document.hidden) refresh(gen);
-    else schedule(gen);
-  }, live ? current.interval : 1000);
-}
-
 function show() {
-  clearTimeout(timer);
-  if (current && current.unmount) current.unmount();
-  generation += 1;
-  document.body.dataset.loaded = "false";
   const [section, make] = route();
   for (const link of document.querySelectorAll("nav a[data-section]")) {
     link.classList.toggle("on", link.dataset.section === section);
   }
-  main.replaceChildren();
-  current = make();
-  refresh(generation);
+  mount(() => {
+    main.replaceChildren();
+    return make();
+  });
 }
 
 liveButton.addEventListener("click", () => {
   live = !live;
   liveButton.classList.toggle("on", live);
   liveButton.textContent = live ? "Live" : "Paused";
-  if (live) refresh(generation);
+  setLive(live);
 });
 
 forgetButton.addEventListener("click", () => {

@@ -3,19 +3,17 @@
 
 import { api } from "./api.js";
 import { lineChart } from "./charts.js";
+import { REFRESH_MS, STATUSES, STATUS_COLORS } from "./constants.js";
 import {
-  STATUSES, actorLink, card, duration, empty, h, idLink, number, percent, pill, seconds, when,
+  actorLink, card, duration, empty, h, idLink, number, percent, pill, seconds, stat, when,
 } from "./dom.js";
+import { refresh } from "./shell.js";
 
 const COLORS = {
-  started: "#2563eb", completed: "#16a34a", failed: "#dc2626", p50: "#0891b2", p99: "#9333ea",
-  inFlight: "#2563eb", mailbox: "#d97706", errors: "#dc2626",
+  started: STATUS_COLORS.running, completed: STATUS_COLORS.completed, failed: STATUS_COLORS.failed,
+  p50: "#0891b2", p99: "#9333ea", inFlight: STATUS_COLORS.running, mailbox: STATUS_COLORS.waiting,
+  errors: STATUS_COLORS.failed,
 };
-
-function stat(label, value, sub) {
-  return h("div", { class: "stat" }, h("div", { class: "stat-label" }, label),
-    h("div", { class: "stat-value" }, value), sub ? h("div", { class: "stat-sub" }, sub) : null);
-}
 
 function perSecond(value) {
   return `${number(value, value > 0 && value < 10 ? 2 : 0)}/s`;
@@ -101,24 +99,29 @@ export function overviewView(root) {
     onclick: () => {
       minutes = m;
       for (const b of picker.children) b.classList.toggle("on", Number(b.dataset.minutes) === m);
-      view.refresh();
+      refresh(view);
     },
   }, `${m} min`)));
   const body = h("div", { class: "overview" });
   root.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "Overview"), picker), body);
 
+  function draw(data, failed, shown) {
+    const width = body.clientWidth || 900;
+    body.replaceChildren(
+      h("div", { class: "overview-top" }, countsCard(data), statsRow(data)),
+      card(`Last ${shown} min`, charts(data, width - 34, shown)),
+      card(h("span", {}, "Recent failures ", h("a", { href: "#/workflows?status=failed", class: "more" }, "all →")),
+        failures(failed)));
+  }
+
   const view = {
-    interval: 2000,
-    async refresh() {
+    interval: REFRESH_MS.overview,
+    async load() {
+      const shown = minutes;
       const [data, failed] = await Promise.all([
-        api.overview(minutes), api.workflows({ status: "failed", limit: 5 }),
+        api.overview(shown), api.workflows({ status: "failed", limit: 5 }),
       ]);
-      const width = body.clientWidth || 900;
-      body.replaceChildren(
-        h("div", { class: "overview-top" }, countsCard(data), statsRow(data)),
-        card(`Last ${minutes} min`, charts(data, width - 34, minutes)),
-        card(h("span", {}, "Recent failures ", h("a", { href: "#/workflows?status=failed", class: "more" }, "all →")),
-          failures(failed)));
+      return () => draw(data, failed, shown);
     },
   };
   return view;

@@ -2,20 +2,20 @@
 // or error on click, and its actor's event log beside it.
 
 import { api } from "./api.js";
+import { REFRESH_MS, isFinished } from "./constants.js";
 import {
   absolute, actorLink, card, confirmDialog, copyButton, duration, empty, h, idLink, jsonBlock,
   pill, relative, toMs, toast, when, workflowHref,
 } from "./dom.js";
+import { refresh } from "./shell.js";
 import { renderTimeline, timelineLegend } from "./timeline.js";
-
-const FINISHED = ["completed", "failed", "cancelled"];
 
 function field(label, ...value) {
   return [h("dt", {}, label), h("dd", {}, ...value)];
 }
 
 function header(wf, actions) {
-  const ended = FINISHED.includes(wf.status);
+  const ended = isFinished(wf.status);
   const took = (ended ? toMs(wf.updated_at) : Date.now()) - toMs(wf.created_at);
   return h("div", { class: "wf-head" },
     h("div", { class: "crumbs" }, h("a", { href: "#/workflows" }, "Workflows"), " / ",
@@ -123,6 +123,8 @@ function childrenTable(children) {
 }
 
 export function workflowView(root, params, id) {
+  // details: the workflows (other than this one) whose steps the detail pane may
+  // show, by id: the selected child's, loaded with the rest on each refresh.
   const state = { selected: null, fold: true, detail: null, spans: [], details: new Map(), open: new Set() };
   const head = h("div");
   const timelineBox = h("div", { class: "timeline-box" });
@@ -138,25 +140,28 @@ export function workflowView(root, params, id) {
       card("Step", detailBox)),
     side));
 
+  const selectedSpan = (spans) => spans.find((sp) => sp.span_id === state.selected) || null;
+
+  function select(span) {
+    state.selected = span.span_id;
+    drawTimeline();
+    drawDetail();
+    // A child's step: its output and attempts come with its workflow, loaded by the shell.
+    if (span.workflow_id !== id && !state.details.has(span.workflow_id)) refresh(view);
+  }
+
   function drawTimeline() {
     if (!state.spans.length) return;
     const width = Math.max(520, timelineBox.clientWidth);
     timelineBox.replaceChildren(renderTimeline(state.spans, id, {
-      width, now: Date.now(), selected: state.selected, fold: state.fold,
-      onSelect: (span) => { state.selected = span.span_id; drawTimeline(); drawDetail(); },
+      width, now: Date.now(), selected: state.selected, fold: state.fold, onSelect: select,
     }));
   }
 
-  async function drawDetail() {
-    const span = state.spans.find((sp) => sp.span_id === state.selected) || null;
-    let detail = state.detail;
-    if (span && span.workflow_id !== id) {
-      detail = state.details.get(span.workflow_id) || null;
-      if (!detail) {
-        detail = await api.workflow(span.workflow_id);
-        state.details.set(span.workflow_id, detail);
-      }
-    }
+  function drawDetail() {
+    const span = selectedSpan(state.spans);
+    const detail = span && span.workflow_id !== id
+      ? state.details.get(span.workflow_id) || null : state.detail;
     detailBox.replaceChildren(spanDetails(span, detail));
   }
 
@@ -176,41 +181,48 @@ export function workflowView(root, params, id) {
     } catch (error) {
       toast(error.message, "error");
     }
-    state.details.clear();
-    await view.refresh();
+    refresh(view);
   }
 
   function actions(wf) {
     return h("div", { class: "actions" },
       wf.status === "failed" ? h("button", { class: "btn btn-primary", type: "button",
         "data-action": "retry", onclick: () => act("retry") }, "Retry") : null,
-      FINISHED.includes(wf.status) ? null : h("button", { class: "btn btn-danger-outline",
+      isFinished(wf.status) ? null : h("button", { class: "btn btn-danger-outline",
         type: "button", "data-action": "cancel", onclick: () => act("cancel") }, "Cancel"));
+  }
+
+  function draw({ detail, trace, events, other }) {
+    state.detail = detail;
+    state.spans = trace.spans;
+    state.details = new Map(other ? [[other.id, other]] : []);
+    const ids = new Set(trace.spans.map((span) => span.workflow_id));
+    head.replaceChildren(header(detail, actions(detail)));
+    drawTimeline();
+    drawDetail();
+    side.replaceChildren(
+      card("Input", jsonBlock(detail.input)),
+      card("Result", detail.result === null ? empty(isFinished(detail.status)
+        ? "No result." : "Not finished yet.") : jsonBlock(detail.result)),
+      card(`Children (${detail.children.length})`, childrenTable(detail.children)),
+      card(h("span", {}, "Event log ", h("span", { class: "muted small" }, "of "),
+        actorLink(detail.actor_key)), eventLog(events.events, ids, state.open)));
   }
 
   const resize = new ResizeObserver(() => drawTimeline());
   resize.observe(timelineBox);
 
   const view = {
-    interval: 2500,
+    interval: REFRESH_MS.workflow,
     unmount() { resize.disconnect(); },
-    async refresh() {
+    async load() {
       const [detail, trace] = await Promise.all([api.workflow(id), api.trace(id)]);
-      const events = await api.events(detail.actor_key, { limit: 500 });
-      state.detail = detail;
-      state.spans = trace.spans;
-      state.details.clear();
-      const ids = new Set(trace.spans.map((span) => span.workflow_id));
-      head.replaceChildren(header(detail, actions(detail)));
-      drawTimeline();
-      await drawDetail();
-      side.replaceChildren(
-        card("Input", jsonBlock(detail.input)),
-        card("Result", detail.result === null ? empty(FINISHED.includes(detail.status)
-          ? "No result." : "Not finished yet.") : jsonBlock(detail.result)),
-        card(`Children (${detail.children.length})`, childrenTable(detail.children)),
-        card(h("span", {}, "Event log ", h("span", { class: "muted small" }, "of "),
-          actorLink(detail.actor_key)), eventLog(events.events, ids, state.open)));
+      const span = selectedSpan(trace.spans);
+      const [events, other] = await Promise.all([
+        api.events(detail.actor_key, { limit: 500 }),
+        span && span.workflow_id !== id ? api.workflow(span.workflow_id) : null,
+      ]);
+      return () => draw({ detail, trace, events, other });
     },
   };
   return view;

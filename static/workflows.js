@@ -1,10 +1,11 @@
 // Workflows: a filterable, paginated list with counts per status (GET /workflows).
 
 import { ApiError, api } from "./api.js";
+import { REFRESH_MS, STATUSES, isFinished } from "./constants.js";
 import {
-  STATUSES, actorLink, duration, empty, h, idLink, number, pill, toMs, toast, when,
-  workflowHref,
+  actorLink, duration, empty, h, idLink, number, pill, toMs, toast, when, workflowHref,
 } from "./dom.js";
+import { refresh } from "./shell.js";
 
 const RANGES = [
   ["", "Any time"], ["15m", "Last 15 minutes"], ["1h", "Last hour"], ["24h", "Last 24 hours"],
@@ -40,7 +41,7 @@ function queryOf(filters, cursor) {
 }
 
 function elapsed(wf, now) {
-  const finished = ["completed", "failed", "cancelled"].includes(wf.status);
+  const finished = isFinished(wf.status);
   const ms = (finished ? toMs(wf.updated_at) : now) - toMs(wf.created_at);
   return finished ? duration(ms) : h("span", { class: "muted" }, `${duration(ms)} so far`);
 }
@@ -88,7 +89,12 @@ export function workflowsView(root, params) {
   const since = dateInput("since");
   const until = dateInput("until");
   const custom = h("span", { class: "custom-range" }, since, "–", until);
-  range.addEventListener("change", () => { filters.range = range.value; changed(); });
+  custom.hidden = filters.range !== "custom";
+  range.addEventListener("change", () => {
+    filters.range = range.value;
+    custom.hidden = filters.range !== "custom";
+    changed();
+  });
   const goto = h("input", { class: "input mono", name: "id", placeholder: "workflow id",
     spellcheck: "false" });
   const gotoForm = h("form", { class: "goto" }, goto, h("button", { class: "btn", type: "submit" }, "Open"));
@@ -119,7 +125,7 @@ export function workflowsView(root, params) {
     const text = query.toString();
     window.history.replaceState(null, "", `#/workflows${text ? `?${text}` : ""}`);
     cursors.splice(0, cursors.length, null);
-    view.refresh();
+    refresh(view);
   }
 
   function renderTabs(overview) {
@@ -137,24 +143,27 @@ export function workflowsView(root, params) {
     pager.replaceChildren(
       h("span", { class: "muted" }, `Page ${at + 1} · ${page.workflows.length} shown`),
       h("button", { class: "btn", type: "button", disabled: at === 0, "data-page": "newer",
-        onclick: () => { cursors.pop(); view.refresh(); } }, "‹ Newer"),
+        onclick: () => { cursors.pop(); refresh(view); } }, "‹ Newer"),
       h("button", { class: "btn", type: "button", disabled: !page.next_cursor, "data-page": "older",
-        onclick: () => { cursors.push(page.next_cursor); view.refresh(); } }, "Older ›"));
+        onclick: () => { cursors.push(page.next_cursor); refresh(view); } }, "Older ›"));
+  }
+
+  function draw(overview, page, now) {
+    for (const wf of page.workflows) names.add(wf.name);
+    nameList.replaceChildren(...[...names].sort().map((name) => h("option", { value: name })));
+    renderTabs(overview);
+    body.replaceChildren(table(page, now));
+    renderPager(page);
   }
 
   const view = {
-    interval: 3000,
-    async refresh() {
-      custom.hidden = filters.range !== "custom";
+    interval: REFRESH_MS.workflows,
+    async load() {
       const now = Date.now();
       const [overview, page] = await Promise.all([
         api.overview(1), api.workflows(queryOf(filters, cursors[cursors.length - 1])),
       ]);
-      for (const wf of page.workflows) names.add(wf.name);
-      nameList.replaceChildren(...[...names].sort().map((name) => h("option", { value: name })));
-      renderTabs(overview);
-      body.replaceChildren(table(page, now));
-      renderPager(page);
+      return () => draw(overview, page, now);
     },
   };
   return view;
