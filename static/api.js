@@ -62,8 +62,27 @@ async function call(method, path, params) {
 
 const enc = encodeURIComponent;
 
+// Whether the server has GET /api/workflow-counts; one that answered 404 (an older
+// server) is not asked again while the page is open.
+let countsRoute = true;
+
+/** {counts: {status: n}}: from /api/workflow-counts, or an older server's overview. */
+async function workflowCounts() {
+  if (countsRoute) {
+    try {
+      return await call("GET", "/api/workflow-counts");
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 404)) throw error;
+      countsRoute = false;
+    }
+  }
+  const { counts } = await call("GET", "/api/overview", { minutes: 1 });
+  return { counts };
+}
+
 export const api = {
   overview: (minutes) => call("GET", "/api/overview", { minutes }),
+  workflowCounts,
   actors: (params) => call("GET", "/api/actors", params),
   events: (key, params) => call("GET", `/actors/${enc(key)}/events`, params),
   workflows: (params) => call("GET", "/workflows", params),

@@ -128,14 +128,15 @@ export function workflowsView(root, params) {
     refresh(view);
   }
 
-  function renderTabs(overview) {
+  function renderTabs(counts) {
+    const total = Object.values(counts).reduce((sum, n) => sum + n, 0);
     const tab = (status, label, count) => h("a", {
       class: `tab${filters.status === status ? " on" : ""}`, href: "#",
       "data-status": status || "all",
       onclick: (event) => { event.preventDefault(); filters.status = status; changed(); },
     }, label, h("span", { class: "tab-count" }, number(count)));
-    tabs.replaceChildren(tab("", "All", overview.total),
-      ...STATUSES.map((status) => tab(status, status, overview.counts[status])));
+    tabs.replaceChildren(tab("", "All", total),
+      ...STATUSES.map((status) => tab(status, status, counts[status] ?? 0)));
   }
 
   function renderPager(page) {
@@ -148,10 +149,10 @@ export function workflowsView(root, params) {
         onclick: () => { cursors.push(page.next_cursor); refresh(view); } }, "Older ›"));
   }
 
-  function draw(overview, page, now) {
+  function draw({ counts }, page, now) {
     for (const wf of page.workflows) names.add(wf.name);
     nameList.replaceChildren(...[...names].sort().map((name) => h("option", { value: name })));
-    renderTabs(overview);
+    renderTabs(counts);
     body.replaceChildren(table(page, now));
     renderPager(page);
   }
@@ -160,10 +161,10 @@ export function workflowsView(root, params) {
     interval: REFRESH_MS.workflows,
     async load() {
       const now = Date.now();
-      const [overview, page] = await Promise.all([
-        api.overview(1), api.workflows(queryOf(filters, cursors[cursors.length - 1])),
+      const [counts, page] = await Promise.all([
+        api.workflowCounts(), api.workflows(queryOf(filters, cursors[cursors.length - 1])),
       ]);
-      return () => draw(overview, page, now);
+      return () => draw(counts, page, now);
     },
   };
   return view;
