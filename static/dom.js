@@ -1,6 +1,8 @@
 // DOM and formatting helpers shared by the views. No innerHTML anywhere: every
 // value from the server becomes text, so a payload cannot inject markup.
 
+import { STATUS_NOTES } from "./constants.js";
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 function build(el, attrs, children) {
@@ -127,8 +129,9 @@ export function actorLink(key, { full = false } = {}) {
     id && !full ? `${kind}:${shortId(id)}` : key);
 }
 
+/** A status as a coloured pill (app.css: .pill-<status>), its meaning as a tooltip. */
 export function pill(status) {
-  return h("span", { class: `pill pill-${status}` }, status);
+  return h("span", { class: `pill pill-${status}`, title: STATUS_NOTES[status] }, status);
 }
 
 export function copyButton(text) {

@@ -23,7 +23,7 @@ function countsCard(data) {
   return card("Workflows",
     h("div", { class: "status-grid" }, STATUSES.map((status) =>
       h("a", { class: "status-count", href: `#/workflows?status=${status}` },
-        pill(status), h("span", { class: "count" }, number(data.counts[status]))))),
+        pill(status), h("span", { class: "count" }, number(data.counts[status] ?? 0))))),
     h("div", { class: "card-foot" }, `${number(data.total)} in all`));
 }
 

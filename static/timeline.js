@@ -3,7 +3,8 @@
 // One row per span: the workflow, each step in seq order, and under a step that
 // started a child, the child's own rows. A step tried more than once is drawn as
 // its attempts (failed ones red) joined by the backoff between them; waits for a
-// signal or a timer are hatched. Long idle stretches (a workflow waiting hours for
+// signal or a timer, and a step backing off until its next attempt (a durable
+// timer too), are hatched. Long idle stretches (a workflow waiting hours for
 // its customer) are folded into a marked break so the busy parts stay readable.
 
 import { duration, h, s, toMs } from "./dom.js";
@@ -54,8 +55,15 @@ function endOf(span, now) {
   return span.finished_at ? toMs(span.finished_at) : now;
 }
 
+/** A step waiting for its next attempt (status "backoff", a durable timer). */
+function backingOff(span) {
+  return span.status === "backoff" && !span.finished_at;
+}
+
+/** Spans that wait rather than work: drawn hatched, and their time may be folded. */
 function isIdle(span) {
-  return span.kind === "workflow" || span.kind === "wait" || span.kind === "sleep";
+  return span.kind === "workflow" || span.kind === "wait" || span.kind === "sleep"
+    || backingOff(span);
 }
 
 /** Busy intervals: every span but workflows and waits, whose ends are instants. */
@@ -166,7 +174,7 @@ function rowStatus(row) {
 function rowMeta(row, now) {
   const { span } = row;
   const status = rowStatus(row);
-  if (status === "waiting") return "waiting";
+  if (status === "waiting" || status === "backoff" || status === "parked") return status;
   if (status === "running" || status === "pending") return status;
   if (span.kind === "event") return "";
   return duration(endOf(span, now) - toMs(span.started_at));
@@ -176,7 +184,9 @@ function tooltip(row, now) {
   const { span } = row;
   const parts = [`${span.kind} ${span.name}`, rowStatus(row), rowMeta(row, now)];
   if (row.attempts.length) parts.push(`${row.attempts.length} attempts`);
-  if (span.fire_at) parts.push(`timer ${new Date(span.fire_at).toLocaleString()}`);
+  if (span.fire_at) {
+    parts.push(`${backingOff(span) ? "next attempt" : "timer"} ${new Date(span.fire_at).toLocaleString()}`);
+  }
   if (span.error) parts.push(span.error);
   return parts.filter(Boolean).join(" · ");
 }
@@ -196,6 +206,10 @@ function drawAttempts(row, scale, y, now) {
     s("title", {}, `attempt ${attempt.attempt}: ${attempt.error || "ok"}`),
     bar(a, b, y, 12, `bar status-${attempt.status}`)));
     const next = sorted[i + 1];
+    if (!next && backingOff(row.span)) {
+      out.push(...waitBar(row.span, b, scale.x(now), scale, y));
+      return;
+    }
     const until = next ? toMs(next.started_at) : (row.span.finished_at ? null : now);
     if (until !== null) {
       const end = scale.x(until);
@@ -204,6 +218,18 @@ function drawAttempts(row, scale, y, now) {
     }
   });
   return out;
+}
+
+/** The red mark of a span's timer, if it has one in view. */
+function timerMark(span, scale, y) {
+  if (!span.fire_at || toMs(span.fire_at) > scale.t1) return [];
+  const fx = scale.x(toMs(span.fire_at));
+  return [s("line", { x1: fx, x2: fx, y1: y - 3, y2: y + 15, class: "timer-mark" })];
+}
+
+/** A hatched wait from x1 to x2, and its timer's mark. */
+function waitBar(span, x1, x2, scale, y) {
+  return [bar(x1, x2, y, 12, `bar status-${rowStatus({ span })} wait`), ...timerMark(span, scale, y)];
 }
 
 function drawBar(row, scale, y, now) {
@@ -218,12 +244,8 @@ function drawBar(row, scale, y, now) {
       class: "event-mark" })];
   }
   if (row.attempts.length) return drawAttempts(row, scale, y, now);
-  const out = [bar(start, end, y, 12, `bar status-${status}${isIdle(span) ? " wait" : ""}`)];
-  if (span.fire_at && toMs(span.fire_at) <= scale.t1) {
-    const fx = scale.x(toMs(span.fire_at));
-    out.push(s("line", { x1: fx, x2: fx, y1: y - 3, y2: y + 15, class: "timer-mark" }));
-  }
-  return out;
+  if (isIdle(span)) return waitBar(span, start, end, scale, y);
+  return [bar(start, end, y, 12, `bar status-${status}`), ...timerMark(span, scale, y)];
 }
 
 /**

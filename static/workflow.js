@@ -68,7 +68,7 @@ function spanDetails(span, detail) {
       field("Finished", span.finished_at ? absolute(span.finished_at) : "–"),
       field("Duration", span.finished_at ? duration(end - toMs(span.started_at))
         : `${duration(end - toMs(span.started_at))} so far`),
-      span.fire_at ? field("Timer", `${absolute(span.fire_at)} (${relative(span.fire_at)})`) : null,
+      span.fire_at ? field(span.status === "backoff" ? "Next attempt" : "Timer", `${absolute(span.fire_at)} (${relative(span.fire_at)})`) : null,
       span.kind === "wait" && span.finished_at ? field("Woken by", span.timed_out ? "the timer" : "a signal") : null,
       span.attempt > 1 ? field("Attempts", String(span.attempt)) : null,
       field("Span", h("span", { class: "mono" }, span.span_id))),
