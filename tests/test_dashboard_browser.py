@@ -4,6 +4,11 @@ Playwright for Python, against a real server with real workflows.
 Needs `pip install playwright` (no `playwright install`: it drives the system's
 Chromium) and `apt-get install chromium`; skips with the reason otherwise.
 Leaves a screenshot in test-artifacts/dashboard.png.
+
+Besides the operator's path (token, timeline, retry), it checks the page's shell:
+counts per status come from /api/workflow-counts (or, from a server without that
+route, the overview), a failing API call is shown in the shell's problem bar (no
+unhandled rejection), and an answer overtaken by a newer one is never drawn.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edge import WebhookCommunicator
+from edge.schemas import WORKFLOW_STATUSES
 from tests.server_support import Served, eventually, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +70,14 @@ async def _invite(served: Served, email: str) -> Any:
     return await response.json()
 
 
+async def _get(served: Served, path: str) -> Any:
+    response = await served.client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
 async def _status(served: Served, workflow_id: str) -> str:
-    response = await served.client.get(f"/workflows/{workflow_id}",
-                                       headers={"Authorization": f"Bearer {TOKEN}"})
-    return str((await response.json())["status"])
+    return str((await _get(served, f"/workflows/{workflow_id}"))["status"])
 
 
 async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retries_a_failure(
@@ -95,8 +106,16 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
                                                        args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1440, "height": 900})
-                problems = _watch_console(page)
+                expected: set[int] = set()
+                problems = _watch_console(page, expected)
+                requests: list[str] = []
+                page.on("request", lambda request: requests.append(request.url))
                 await _sign_in(page, url)
+                await _check_the_constants(page)
+                await _check_the_counts(page, served, requests)
+                await _check_the_counts_from_an_older_server(page, served, requests, expected)
+                await _check_a_failure_is_shown(page, expected)
+                await _check_an_overtaken_answer_is_dropped(page)
                 await _check_the_timeline(page, ada["workflow_id"], ada_child)
                 receiver.refusing = False
                 await _retry_through_the_ui(page, failed_child)
@@ -108,15 +127,19 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
     print(f"browser test took {time.monotonic() - began:.1f} s")
 
 
-def _watch_console(page: Any) -> list[str]:
-    """Page errors and console errors (a CSP violation is one), but the 401 that
-    makes the page ask for its token."""
+def _watch_console(page: Any, expected: set[int]) -> list[str]:
+    """Page errors (an unhandled rejection is one) and console errors (a CSP
+    violation is one), but the 401 that makes the page ask for its token and the
+    failed loads of the HTTP statuses in `expected` (the ones a check provokes)."""
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
 
     def console(message: Any) -> None:
-        if message.type == "error" and "401" not in message.text:
-            problems.append(f"console: {message.text}")
+        text = message.text
+        provoked = "Failed to load resource" in text and any(
+            f"status of {status}" in text for status in expected)
+        if message.type == "error" and "401" not in text and not provoked:
+            problems.append(f"console: {text}")
 
     page.on("console", console)
     return problems
@@ -133,6 +156,144 @@ async def _sign_in(page: Any, url: str) -> None:
     await page.locator("#workflow-table tbody tr").first.wait_for()
     assert await page.evaluate("sessionStorage.getItem('retinue.token')") == TOKEN
     assert await page.locator(".tab.on[data-status=all]").count() == 1
+
+
+async def _check_the_constants(page: Any) -> None:
+    """constants.js and app.css agree on the status colours, every status (a
+    workflow's, a step's, the new parked and backoff) has a pill style, and a step
+    backing off is drawn like a wait."""
+    found = await page.evaluate("""async () => {
+        const c = await import("/assets/constants.js");
+        const { renderTimeline } = await import("/assets/timeline.js");
+        const root = getComputedStyle(document.documentElement);
+        const colours = Object.entries(c.STATUS_COLORS)
+            .filter(([status, colour]) => root.getPropertyValue(`--${status}`).trim() !== colour);
+        const unstyled = [...c.STATUSES, ...c.STEP_STATUSES].filter((status) => {
+            const pill = document.createElement("span");
+            pill.className = `pill pill-${status}`;
+            document.body.append(pill);
+            const background = getComputedStyle(pill).backgroundColor;
+            pill.remove();
+            return background === "rgba(0, 0, 0, 0)";
+        });
+        const t = (ms) => new Date(Date.UTC(2030, 0, 1) + ms).toISOString();
+        const common = { workflow_id: "w", workflow_name: "w", trace_id: "t" };
+        const spans = [
+            { ...common, span_id: "a", kind: "workflow", name: "w", status: "waiting",
+              started_at: t(0), finished_at: null },
+            { ...common, span_id: "b", parent_span_id: "a", kind: "step", name: "send", seq: 1,
+              status: "backoff", attempt: 1, started_at: t(10), finished_at: null,
+              fire_at: t(60_000), error: "boom" },
+            { ...common, span_id: "c", parent_span_id: "b", kind: "attempt", name: "send #1",
+              seq: 1, status: "failed", attempt: 1, started_at: t(10), finished_at: t(20),
+              error: "boom" },
+        ];
+        const svg = renderTimeline(spans, "w", { width: 900, now: Date.parse(t(5_000)),
+            selected: null, onSelect: () => {}, fold: true });
+        const row = svg.querySelector('.tl-row[data-name="send"]');
+        return { colours, unstyled, statuses: c.STATUSES, row: {
+            status: row.dataset.status, meta: row.querySelector(".meta").textContent,
+            waits: row.querySelectorAll(".bar.wait.status-backoff").length,
+            failed: row.querySelectorAll(".attempt[data-status=failed]").length } };
+    }""")
+    assert found["colours"] == [], found["colours"]
+    assert found["unstyled"] == [], found["unstyled"]
+    assert {"parked"} | set(WORKFLOW_STATUSES) <= set(found["statuses"]), found["statuses"]
+    assert found["row"] == {"status": "backoff", "meta": "backoff", "waits": 1, "failed": 1}, found
+
+
+async def _tab_counts(page: Any) -> dict[str, str]:
+    return dict(await page.eval_on_selector_all(".tab[data-status]", """tabs => tabs.map(
+        t => [t.dataset.status, t.querySelector('.tab-count').textContent])"""))
+
+
+async def _counts_shown(page: Any, served: Served) -> dict[str, str]:
+    """The workflows view's counts, once they are what the server says."""
+    counts = (await _get(served, "/api/workflow-counts"))["counts"]
+    assert counts["completed"] >= 1 and counts["failed"] >= 1 and counts["waiting"] >= 1, counts
+    want = {"all": str(sum(counts.values())), "parked": "0"}
+    want |= {status: str(n) for status, n in counts.items()}
+    deadline = time.monotonic() + 8
+    while (shown := await _tab_counts(page)) != want:
+        assert time.monotonic() < deadline, (shown, want)
+        await anyio.sleep(0.2)
+    return shown
+
+
+async def _check_the_counts(page: Any, served: Served, requests: list[str]) -> None:
+    """The counts per status are the server's, from /api/workflow-counts (the view
+    does not poll the whole overview for them)."""
+    await _counts_shown(page, served)
+    assert any("/api/workflow-counts" in u for u in requests), requests
+    assert not any("/api/overview" in u for u in requests), requests
+
+
+async def _check_the_counts_from_an_older_server(
+    page: Any, served: Served, requests: list[str], expected: set[int],
+) -> None:
+    """A server without /api/workflow-counts (404): the counts come from the overview."""
+    expected.add(404)
+    missing = "**/api/workflow-counts"
+    await page.route(missing, lambda route: route.fulfill(status=404, json={"error": "not found"}))
+    requests.clear()
+    await page.reload()
+    await page.locator("#workflow-table tbody tr").first.wait_for()
+    await _counts_shown(page, served)
+    assert any("/api/overview" in u for u in requests), requests
+    assert sum("/api/workflow-counts" in u for u in requests) == 1, requests  # not asked again
+    await page.unroute(missing)
+    await page.reload()
+    await page.locator("#workflow-table tbody tr").first.wait_for()
+    expected.discard(404)
+
+
+def _is_workflow_list(url: str) -> bool:
+    return "/workflows?" in url
+
+
+async def _check_a_failure_is_shown(page: Any, expected: set[int]) -> None:
+    """A refresh a view asks for (here: a status tab) that fails is shown in the
+    shell's problem bar, not lost as an unhandled rejection; the next success clears it."""
+    expected.add(503)
+    problem = page.locator("#problem")
+    assert await problem.is_hidden()
+    await page.route(_is_workflow_list, lambda route: route.fulfill(
+        status=503, json={"error": "journal unavailable"}))
+    await page.locator(".tab[data-status=completed]").click()
+    await problem.wait_for(state="visible")
+    assert "503: journal unavailable" in await problem.inner_text()
+    await page.unroute(_is_workflow_list)
+    await page.locator(".tab[data-status=all]").click()
+    await problem.wait_for(state="hidden")
+    await page.locator("#workflow-table tbody tr").first.wait_for()
+    expected.discard(503)
+
+
+async def _check_an_overtaken_answer_is_dropped(page: Any) -> None:
+    """Completed, then at once Failed: the completed list answers last (held back),
+    and is not drawn over the failed one."""
+
+    async def slow(route: Any) -> None:
+        await anyio.sleep(1.5)
+        await route.continue_()
+
+    def completed_list(url: str) -> bool:
+        return _is_workflow_list(url) and "status=completed" in url
+
+    await page.route(completed_list, slow)
+    async with page.expect_response(lambda r: completed_list(r.url), timeout=10_000):
+        await page.locator(".tab[data-status=completed]").click()
+        await page.locator(".tab[data-status=failed]").click()
+        await page.locator(".tab.on[data-status=failed]").wait_for()
+    await page.wait_for_timeout(500)  # time for the late answer to be drawn, were it drawn
+    statuses = await page.eval_on_selector_all(
+        "#workflow-table tbody tr .pill", "pills => pills.map(p => p.textContent)")
+    assert statuses and set(statuses) == {"failed"}, statuses
+    assert await page.locator(".tab.on").get_attribute("data-status") == "failed"
+    await page.unroute(completed_list)
+    await page.locator(".tab[data-status=all]").click()
+    await page.locator(".tab.on[data-status=all]").wait_for()
+    await page.locator("#workflow-table tbody tr").first.wait_for()
 
 
 async def _check_the_timeline(page: Any, workflow_id: str, child_id: str) -> None:
