@@ -29,7 +29,7 @@ class Recovery(ClusterHost):
         self._metrics = metrics
         # Rows and histories recovery read in bulk, for each workflow's next run;
         # what ran while recovery was reading is not preloaded (it would be stale).
-        self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord]]] = {}
+        self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord], int]] = {}
         self._reads = 0
         self._ran_during_reads: set[str] = set()
         self._signals_seen = 0
@@ -48,7 +48,7 @@ class Recovery(ClusterHost):
         partitions = list(epochs)
         self._reads += 1
         try:
-            await self._recover(partitions)
+            await self._recover(epochs)
         except BaseException:
             # Not (wholly) recovered: owned they would stay idle, a running workflow
             # with them (catch-up looks for pending and signalled ones only). Dropped,
@@ -61,7 +61,8 @@ class Recovery(ClusterHost):
             if not self._reads:
                 self._ran_during_reads.clear()
 
-    async def _recover(self, partitions: list[int]) -> None:
+    async def _recover(self, epochs: Mapping[int, int]) -> None:
+        partitions = list(epochs)
         waiting = await self._journal.waiting_steps(partitions)
         unfinished = await self._journal.unfinished_workflows(partitions, waiting=False)
         woken, _ = await self._journal.runnable_workflows(partitions, 0)
@@ -70,16 +71,21 @@ class Recovery(ClusterHost):
             self._placement.timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
         unfinished = [row for row in unfinished if row.id not in self._placement.scheduled]
         for start in range(0, len(unfinished), _PRELOAD_CHUNK):
-            await self._replay(unfinished[start:start + _PRELOAD_CHUNK])
+            await self._replay(unfinished[start:start + _PRELOAD_CHUNK], epochs)
 
-    async def _replay(self, rows: list[WorkflowRow]) -> None:
+    async def _replay(self, rows: list[WorkflowRow], epochs: Mapping[int, int]) -> None:
         """Queue `rows` for replay with their histories read in one query, not two
         reads each when they run."""
         histories = await self._journal.load_histories([row.id for row in rows])
+        owned = self._placement.epochs
         for row in rows:
-            # One that ran while we read has moved on: what we read is stale.
-            if row.id not in self._ran_during_reads:
-                self._preloaded[row.id] = (row, histories[row.id])
+            # One that ran while we read has moved on: what we read is stale. So is
+            # all of it if the partition was lost meanwhile (reads that stalled past
+            # the lease): kept, it would be taken for news when the partition comes
+            # back at a later epoch (the simulation found it, soak seed 14589).
+            epoch = epochs[row.partition]
+            if row.id not in self._ran_during_reads and owned.get(row.partition) == epoch:
+                self._preloaded[row.id] = (row, histories[row.id], epoch)
             self._metrics.replays.inc()
             self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
 
@@ -88,7 +94,7 @@ class Recovery(ClusterHost):
         (their workflows are the new owner's to resume), and so is what was read
         for them."""
         gone = set(partitions)
-        for workflow_id in [w for w, (row, _) in self._preloaded.items()
+        for workflow_id in [w for w, (row, _, _) in self._preloaded.items()
                             if row.partition in gone]:
             del self._preloaded[workflow_id]
         self._placement.stop(gone)
@@ -114,7 +120,12 @@ class Recovery(ClusterHost):
         # actor, one message at a time); an operator's retry drops it.
         if self._reads:
             self._ran_during_reads.add(workflow_id)
-        return self._preloaded.pop(workflow_id, None)
+        preloaded = self._preloaded.pop(workflow_id, None)
+        if preloaded is None:
+            return None
+        row, history, epoch = preloaded
+        # Read under another lease on the partition: another owner may have run it.
+        return (row, history) if self._placement.epochs.get(row.partition) == epoch else None
 
     def drop_preloaded(self, workflow_id: str) -> None:
         """Something changed the workflow (a command): what was read of it is stale."""
