@@ -32,7 +32,8 @@ from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
 from bench.exactly_once import REWRITTEN_STEPS
-from journal import Batch, JournalUnavailableError
+from journal import Batch, Document, Journal, JournalUnavailableError, NewWorkflow, WorkflowRow
+from runtime import DelegatingJournal
 
 __all__ = [
     "Figures",
@@ -502,7 +503,7 @@ def _check_receiver(
 # -- journal faults, injected in-process -------------------------------------------------------
 
 
-class FlakyJournal:
+class FlakyJournal(DelegatingJournal):
     """Delegates to `inner`. `reads_down` reads (get_document, find_document) raise
     JournalUnavailableError first, like a database that went away for a while.
     `lose_ack_of` appends that carry domain events commit, then raise
@@ -510,40 +511,37 @@ class FlakyJournal:
     `lose_ack_of_create` does the same to create_workflow."""
 
     def __init__(
-        self, inner: Any, *, reads_down: int = 0, lose_ack_of: int = 0,
+        self, inner: Journal, *, reads_down: int = 0, lose_ack_of: int = 0,
         lose_ack_of_create: int = 0,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.reads_down = reads_down
         self.lose_ack_of = lose_ack_of
         self.lose_ack_of_create = lose_ack_of_create
         self.lost_acks = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def _read(self) -> None:
         if self.reads_down > 0:
             self.reads_down -= 1
             raise JournalUnavailableError("FlakyJournal: the database is away")
 
-    async def get_document(self, kind: str, doc_id: str) -> Any:
+    async def get_document(self, kind: str, doc_id: str) -> Document | None:
         self._read()
-        return await self._inner.get_document(kind, doc_id)
+        return await self.inner.get_document(kind, doc_id)
 
-    async def find_document(self, kind: str, unique_key: str) -> Any:
+    async def find_document(self, kind: str, unique_key: str) -> Document | None:
         self._read()
-        return await self._inner.find_document(kind, unique_key)
+        return await self.inner.find_document(kind, unique_key)
 
     async def append(self, batch: Batch) -> None:
-        await self._inner.append(batch)
+        await self.inner.append(batch)
         if batch.events and self.lose_ack_of > 0:
             self.lose_ack_of -= 1
             self.lost_acks += 1
             raise JournalUnavailableError("FlakyJournal: the connection died before the ack")
 
-    async def create_workflow(self, workflow: Any) -> Any:
-        created = await self._inner.create_workflow(workflow)
+    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+        created = await self.inner.create_workflow(workflow)
         if self.lose_ack_of_create > 0:
             self.lose_ack_of_create -= 1
             self.lost_acks += 1
