@@ -32,6 +32,7 @@ from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
 from bench.exactly_once import REWRITTEN_STEPS
+from bench.polling import eventually
 from journal import Batch, Document, Journal, JournalUnavailableError, NewWorkflow, WorkflowRow
 from runtime import DelegatingJournal
 
@@ -45,7 +46,6 @@ __all__ = [
     "check_journal",
     "free_port",
     "frozen_postgres",
-    "poll",
     "postgres_processes",
     "wait_all_finished",
 ]
@@ -58,15 +58,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def poll(probe: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Call `probe` until it is true; fail with `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await anyio.sleep(0.02)
 
 
 # -- the outside world ------------------------------------------------------------------
@@ -134,7 +125,7 @@ class ServerProcess:
                 log.seek(offset)
                 return b"retinue listening on " in log.read()
 
-        await poll(listening, within, f"server.py to listen (log: {self.log})")
+        await eventually(listening, within=within, what=f"server.py to listen (log: {self.log})")
 
     @property
     def returncode(self) -> int | None:
@@ -151,7 +142,7 @@ class ServerProcess:
                 except aiohttp.ClientError:
                     return False
 
-            await poll(ready, within, "/readyz to answer 200")
+            await eventually(ready, within=within, what="/readyz to answer 200")
 
     async def kill(self) -> None:
         """SIGKILL, like a power cut: no cleanup runs."""
@@ -251,8 +242,8 @@ class InviteLoad:
         self.answered += 1
         if outcome.verify and outcome.status in (200, 202):
             customer_id = customer_id_for(outcome.email)
-            await poll(self._has_token(customer_id), self.give_up_after,
-                       f"the invitation of {outcome.email} to reach the receiver")
+            await eventually(self._has_token(customer_id), within=self.give_up_after,
+                             what=f"the invitation of {outcome.email} to reach the receiver")
             outcome.verify_status, _ = await self._post(
                 session, f"/customers/{customer_id}/verify",
                 {"token": self.receiver.tokens[customer_id]}, {},
@@ -342,7 +333,7 @@ async def wait_all_finished(dsn: str, within: float) -> None:
             )
             return bool(left == 0)
 
-        await poll(finished, within, "every workflow to finish")
+        await eventually(finished, within=within, what="every workflow to finish")
     finally:
         await conn.close()
 

@@ -17,11 +17,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
+from bench.polling import eventually
 from edge import WebhookCommunicator
 from edge import quantile as _quantile
 from journal import PARTITION_COUNT, Batch, NewWorkflow, PostgresJournal, StatusChange
 from runtime import WorkflowContext
-from tests.server_support import Served, eventually, serving
+from tests.server_support import Served, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

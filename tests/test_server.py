@@ -18,16 +18,11 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
+from bench.polling import eventually
 from edge import WebhookCommunicator
 from runtime import RestartPolicy, WorkflowContext
 from server import parse_config
-from tests.server_support import (
-    Served,
-    eventually,
-    invitation_token,
-    serving,
-    workflow_count,
-)
+from tests.server_support import Served, invitation_token, serving, workflow_count
 from tests.support import wait_status
 
 ROOT = Path(__file__).resolve().parent.parent
