@@ -30,7 +30,7 @@ import anyio
 import msgspec
 import psutil
 
-from .common import emit, fresh_database, machine, percentile
+from .common import bench_database, emit, machine, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = Path(os.environ.get("RETINUE_BENCH_LOG_DIR", ROOT / ".retinue" / "bench-logs"))
@@ -257,7 +257,7 @@ async def run(
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6]
     results = []
-    async with fresh_database("http") as dsn:
+    async with bench_database("http") as dsn:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         process = await start_server(

@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from .common import emit, fresh_database, machine, percentile
+from .common import bench_database, emit, machine, percentile
 from .http import free_port, send_invites, start_server, stop_server, wait_ready
 
 
@@ -112,7 +112,7 @@ async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str,
 
 
 async def _measure(count: int, invites: int, concurrency: int) -> dict[str, Any]:
-    async with fresh_database(f"nodes{count}") as dsn:
+    async with bench_database(f"nodes{count}") as dsn:
         nodes = await _start(dsn, count)
         try:
             async with aiohttp.ClientSession(

@@ -20,13 +20,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 import anyio
 import asyncpg
@@ -38,6 +37,7 @@ from yarl import URL
 
 from actors import CustomerInvited, VerificationRejected, VerifyCustomer, customer_id_for
 from actors.onboarding import operate_verify
+from bench.databases import fresh_database
 from tests.server_support import Served, invitation_token, serving
 
 # Derandomized, so a run's outcome does not depend on luck; RETINUE_HOSTILE_EXPLORE=1
@@ -110,35 +110,15 @@ class Live:
             self.tokens.append(await invitation_token(self.served.journal, invited["id"]))
 
 
-async def _create_database(server_dsn: str) -> str:
-    name = f"hostile_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-
-
-async def _drop_database(server_dsn: str, dsn: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE "{urlsplit(dsn).path.lstrip("/")}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def live(postgres_server_dsn: str) -> Iterator[Live]:
-    with start_blocking_portal(backend="asyncio") as portal:
-        dsn = portal.call(_create_database, postgres_server_dsn)
-        try:
-            with portal.wrap_async_context_manager(serving(dsn, resolve_timeout=2)) as served:
-                state = Live(portal, served, dsn)
-                portal.call(state.seed)
-                yield state
-        finally:
-            portal.call(_drop_database, postgres_server_dsn, dsn)
+    with start_blocking_portal(backend="asyncio") as portal, \
+            portal.wrap_async_context_manager(
+                fresh_database(postgres_server_dsn, "hostile")) as dsn, \
+            portal.wrap_async_context_manager(serving(dsn, resolve_timeout=2)) as served:
+        state = Live(portal, served, dsn)
+        portal.call(state.seed)
+        yield state
 
 
 def _check(answer: Answer, *, journals_nothing: bool = True) -> None:
