@@ -114,7 +114,7 @@ async def measure(
         unsettled = await _settle(dsn, settle_within)
     finally:
         for server in servers:
-            exit_codes.append((await stop_server(server.process))[0])
+            exit_codes.append((await stop_server(server))[0])
     return {
         "bench": "exactly_once",
         "invites": invites,

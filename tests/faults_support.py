@@ -1,6 +1,7 @@
-"""Helpers for the fault tests: `python server.py` as a real process, a webhook
-receiver, a load of invites from concurrent clients, the journal's invariants, and
-freezing a PostgreSQL server (SIGSTOP to each of its processes).
+"""Helpers for the fault tests (which run `python server.py` as a real process with
+bench.processes.ServerProcess): a webhook receiver, a load of invites from concurrent
+clients, the journal's invariants, and freezing a PostgreSQL server (SIGSTOP to each
+of its processes).
 
 The load never trusts timing for its verdict: clients retry (with the same
 Idempotency-Key) until they get an answer, and the checks poll with deadlines.
@@ -12,9 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,10 +39,8 @@ __all__ = [
     "FlakyJournal",
     "InviteLoad",
     "Outcome",
-    "ServerProcess",
     "WebhookReceiver",
     "check_journal",
-    "free_port",
     "frozen_postgres",
     "postgres_processes",
     "wait_all_finished",
@@ -52,12 +48,6 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 _FINISHED = ("completed", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the outside world ------------------------------------------------------------------
@@ -87,91 +77,6 @@ class WebhookReceiver:
         app.router.add_post("/hook", self._receive)
         async with TestServer(app) as server:
             yield str(server.make_url("/hook"))
-
-
-# -- the server process -------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`python server.py` on a fixed port, so a restart serves the same URL. Its
-    stdout and stderr go to `log` (appended across restarts)."""
-
-    def __init__(self, *, database_url: str, log: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.starts = 0
-        self._env = {**os.environ, "DATABASE_URL": database_url, "RETINUE_API_TOKEN": "", **env}
-        self._process: anyio.abc.Process | None = None
-
-    async def start(self, within: float = 30) -> None:
-        """Start it and wait until it listens (it answers 503 until recovered)."""
-        assert self._process is None, "already running"
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
-        with self.log.open("ab") as out:
-            self._process = await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self._env,
-                cwd=ROOT,
-            )
-        self.starts += 1
-        process = self._process
-
-        async def listening() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"server.py exited with {process.returncode} while "
-                                     f"starting; see {self.log}")
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                return b"retinue listening on " in log.read()
-
-        await eventually(listening, within=within, what=f"server.py to listen (log: {self.log})")
-
-    @property
-    def returncode(self) -> int | None:
-        """None while it runs (or when not started), else its exit code."""
-        return None if self._process is None else self._process.returncode
-
-    async def wait_ready(self, within: float = 30) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def ready() -> bool:
-                try:
-                    async with session.get(f"{self.url}/readyz") as reply:
-                        return reply.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(ready, within=within, what="/readyz to answer 200")
-
-    async def kill(self) -> None:
-        """SIGKILL, like a power cut: no cleanup runs."""
-        process = self._take()
-        process.kill()
-        await process.wait()
-        await process.aclose()
-
-    async def terminate(self, within: float = 30) -> int:
-        """SIGTERM; the exit code once it has stopped (gracefully, we expect)."""
-        process = self._take()
-        process.send_signal(signal.SIGTERM)
-        try:
-            with anyio.fail_after(within):
-                return await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            await process.aclose()
-
-    async def aclose(self) -> None:
-        if self._process is not None:
-            await self.kill()
-
-    def _take(self) -> anyio.abc.Process:
-        assert self._process is not None, "not running"
-        process, self._process = self._process, None
-        return process
 
 
 # -- the load ------------------------------------------------------------------------------

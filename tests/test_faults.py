@@ -29,6 +29,7 @@ import msgspec
 import pytest
 
 from bench.polling import eventually
+from bench.processes import ServerProcess
 from journal import Batch, EmbeddedPostgres, Journal, JournalUnavailableError
 from journal._groupcommit import GroupCommitter
 from runtime import (
@@ -44,7 +45,6 @@ from tests.faults_support import (
     Figures,
     FlakyJournal,
     InviteLoad,
-    ServerProcess,
     WebhookReceiver,
     check_journal,
     wait_all_finished,

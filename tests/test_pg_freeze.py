@@ -30,10 +30,10 @@ import pytest
 
 from bench.exactly_once import check as exactly_once_figures
 from bench.polling import eventually
+from bench.processes import ServerProcess
 from journal import Batch, EmbeddedPostgres, JournalUnavailableError, NewWorkflow, PostgresJournal
 from tests.faults_support import (
     InviteLoad,
-    ServerProcess,
     WebhookReceiver,
     check_journal,
     frozen_postgres,
