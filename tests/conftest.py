@@ -13,6 +13,7 @@ import pytest
 
 from bench.databases import fresh_database
 from journal import EmbeddedPostgres, Journal, MemoryJournal, PostgresJournal
+from tests.server_support import Served, serving
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,13 @@ async def postgres_journal(pg_dsn: str) -> AsyncIterator[PostgresJournal]:
         yield journal
     finally:
         await journal.aclose()
+
+
+@pytest.fixture
+async def served(pg_dsn: str) -> AsyncIterator[Served]:
+    """The server's app (a real socket) over an open Runtime on a fresh database."""
+    async with serving(pg_dsn) as served:
+        yield served
 
 
 # -- both journals ----------------------------------------------------------------------

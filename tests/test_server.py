@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,6 @@ from tests.server_support import Served, invitation_token, serving, workflow_cou
 from tests.support import wait_status
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def served(pg_dsn: str) -> AsyncIterator[Served]:
-    async with serving(pg_dsn) as served:
-        yield served
 
 
 async def _invite(served: Served, email: str, **kwargs: Any) -> tuple[int, Any]:
