@@ -330,9 +330,85 @@ def test_any_method_on_any_route_gets_an_answer(
 
 
 def test_the_journal_is_consistent_after_the_hostile_input(live: Live) -> None:
+    # Its own input first, so that it checks something when run alone: the same
+    # emails invited concurrently (with and without a repeated key, in other cases
+    # and spaces), garbage bodies between them, wrong and right tokens.
+    sent = live.portal.call(_send_racing_input, live)
     problems = live.portal.call(_consistency_problems, live)
     print(f"\nhostile input: answers by status {dict(sorted(live.answers.items()))}")
     assert not problems, "\n".join(problems[:20])
+    problems = live.portal.call(_check_what_was_sent, live, sent)
+    assert not problems, "\n".join(problems[:20])
+
+
+RACING_EMAILS = [f"racing-{i}@example.com" for i in range(4)]
+NO_INVITES = [b"", b"{", b"[]", b"{}", b'{"email": 1}', b'{"email": "nope"}', b"[" * 5000,
+              b'{"email": "a@b.co", "x": 1}', b"\x00" * 64]
+
+
+@dataclass
+class Sent:
+    invites: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)  # email -> answers
+    garbage: list[int] = field(default_factory=list)  # statuses of the bodies that are no invite
+    wrong_token: int = 0
+    right_token: int = 0
+
+
+async def _send_racing_input(live: Live) -> Sent:
+    sent = Sent(invites={email: [] for email in RACING_EMAILS})
+    client = live.served.client
+
+    async def invite(email: str, spelled: str, key: str | None) -> None:
+        headers = {} if key is None else {"Idempotency-Key": key}
+        async with client.post("/customers/invite", json={"email": spelled},
+                               headers=headers) as reply:
+            sent.invites[email].append((reply.status, await reply.json()))
+
+    async def garbage(body: bytes) -> None:
+        async with client.post("/customers/invite", data=body,
+                               headers={"Content-Type": "application/json"}) as reply:
+            sent.garbage.append(reply.status)
+
+    async with anyio.create_task_group() as tg:
+        for i, email in enumerate(RACING_EMAILS):
+            for spelled in (email, email.upper(), f"  {email} "):
+                tg.start_soon(invite, email, spelled, None)
+                tg.start_soon(invite, email, spelled, f"racing-key-{i}")
+        for body in NO_INVITES:
+            tg.start_soon(garbage, body)
+    customer_id = customer_id_for(RACING_EMAILS[0])
+    token = await invitation_token(live.served.journal, customer_id)
+    verify = f"/customers/{customer_id}/verify"
+    async with client.post(verify, json={"token": "not-" + token}) as reply:
+        sent.wrong_token = reply.status
+    async with client.post(verify, json={"token": token}) as reply:
+        sent.right_token = reply.status
+    statuses = [s for answers in sent.invites.values() for s, _ in answers]
+    for status in [*statuses, *sent.garbage, sent.wrong_token, sent.right_token]:
+        live.answers[status] = live.answers.get(status, 0) + 1
+    return sent
+
+
+async def _check_what_was_sent(live: Live, sent: Sent) -> list[str]:
+    """Each racing email is one customer, invited once, answered with one workflow;
+    no garbage body was accepted; only the right token verified."""
+    problems: list[str] = []
+    for email, answers in sent.invites.items():
+        statuses = sorted(status for status, _ in answers)
+        accepted = {body["workflow_id"] for status, body in answers if status == 200}
+        if len(answers) != 6 or not set(statuses) <= {200, 409} or len(accepted) != 1:
+            problems.append(f"{email}: answers {answers}")
+        reply = await live.served.client.get(f"/customers/{customer_id_for(email)}")
+        customer = await reply.json()
+        expected = "verified" if email == RACING_EMAILS[0] else "invited"
+        if reply.status != 200 or customer.get("status") != expected:
+            problems.append(f"{email}: {reply.status} {customer}, expected {expected}")
+    if len(sent.garbage) != len(NO_INVITES) or not all(400 <= s < 500 for s in sent.garbage):
+        problems.append(f"bodies that are no invite were answered {sent.garbage}")
+    if (sent.wrong_token, sent.right_token) != (400, 200):
+        problems.append(f"verify answered {sent.wrong_token} to a wrong token and "
+                        f"{sent.right_token} to the right one")
+    return problems
 
 
 async def _consistency_problems(live: Live) -> list[str]:
