@@ -8,6 +8,10 @@ onboarding app and the HTTP edge (the `edge` package), serve until asked to stop
                      [--api-token T]
     python server.py rebuild-projections [--data-dir D]
 
+Once it listens it prints `retinue listening on <url>` and then one JSON line,
+`{"event": "listening", "url": "http://127.0.0.1:PORT", "node": "<node id>"}`, to
+stdout (--port 0 picks a free port; the line tells which).
+
 Environment: DATABASE_URL (else an embedded PostgreSQL in --data-dir),
 RETINUE_API_TOKEN, COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds,
 default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5),
@@ -96,11 +100,20 @@ async def run_server(
             shutdown_timeout=config.resolve_timeout + 5,
         ))
         async with runtime:
-            print(f"retinue listening on {server.url}", flush=True)
+            _announce(server.url, runtime.node_id)
             task_status.started(server.url)
             await stop.wait()
             _log.info("stopping: no new connections; the runtime gets its grace period")
             await server.stop_listening()
+
+
+def _announce(url: str, node_id: str) -> None:
+    """Say that we listen: a line for people, then one JSON line for programs
+    (`{"event": "listening", "url": ..., "node": ...}`; with --port 0 the URL
+    holds the port actually bound). Both on stdout, flushed."""
+    print(f"retinue listening on {url}", flush=True)
+    ready = {"event": "listening", "url": url, "node": node_id}
+    print(msgspec.json.encode(ready).decode(), flush=True)
 
 
 # -- the command line ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared bench plumbing: a fresh database on the embedded server, percentiles, output."""
+"""Shared bench plumbing: a fresh database on the bench server, percentiles, output."""
 
 from __future__ import annotations
 
@@ -6,47 +6,38 @@ import os
 import platform
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import asyncpg
 import msgspec
 
 from journal import EmbeddedPostgres
 
-__all__ = ["fresh_database", "percentile", "emit", "machine"]
+from .databases import fresh_database
+
+__all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine"]
 
 BENCH_DATA_DIR = os.environ.get("RETINUE_BENCH_DATA_DIR", ".retinue/bench-pg")
 
 
-@asynccontextmanager
-async def fresh_database(label: str) -> AsyncIterator[str]:
-    """A new, empty database for one benchmark; yields its DSN, drops it after.
-
-    DATABASE_URL, when set, names the server to use; otherwise the embedded one."""
-    server = None
+async def bench_server_dsn() -> str:
+    """The server the benchmarks create their databases on: DATABASE_URL's when it
+    is set, else the embedded one in RETINUE_BENCH_DATA_DIR (started if need be)."""
     admin_dsn = os.environ.get("DATABASE_URL")
-    if admin_dsn is None:
-        server = EmbeddedPostgres(BENCH_DATA_DIR)
-        admin_dsn = await anyio.to_thread.run_sync(server.start)
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(admin_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    if admin_dsn is not None:
+        return admin_dsn
+    return await anyio.to_thread.run_sync(EmbeddedPostgres(BENCH_DATA_DIR).start)
 
 
-def _with_database(dsn: str, name: str) -> str:
-    head, sep, query = dsn.partition("?")
-    base = head.rsplit("/", 1)[0]
-    return f"{base}/{name}{sep}{query}"
+@asynccontextmanager
+async def bench_database(label: str) -> AsyncIterator[str]:
+    """A new, empty database for one benchmark (`bench_<label>_...`); yields its
+    DSN, drops it after."""
+    async with fresh_database(await bench_server_dsn(), f"bench_{label}") as dsn:
+        yield dsn
 
 
 def percentile(samples: list[float], q: float) -> float:

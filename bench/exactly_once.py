@@ -31,7 +31,7 @@ import asyncpg
 from actors import customer_actor_key, customer_id_for
 
 from . import nodes as _nodes
-from .common import emit, fresh_database, machine
+from .common import bench_database, emit, machine
 from .http import send_invites, stop_server
 
 __all__ = ["REWRITTEN_STEPS", "check", "measure", "run"]
@@ -114,7 +114,7 @@ async def measure(
         unsettled = await _settle(dsn, settle_within)
     finally:
         for server in servers:
-            exit_codes.append((await stop_server(server.process))[0])
+            exit_codes.append((await stop_server(server))[0])
     return {
         "bench": "exactly_once",
         "invites": invites,
@@ -132,7 +132,7 @@ async def measure(
 
 
 async def run(invites: int, nodes: int, concurrency: int) -> dict[str, Any]:
-    async with fresh_database("exactly_once") as dsn:
+    async with bench_database("exactly_once") as dsn:
         began = time.perf_counter()
         result = await measure(dsn, invites=invites, nodes=nodes, concurrency=concurrency)
         result["wall_seconds"] = round(time.perf_counter() - began, 1)

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from .common import emit, fresh_database, machine
+from .common import bench_database, emit, machine
 
 CREATE = """
 CREATE TABLE floor_rows (
@@ -59,7 +59,7 @@ async def drive(pool: asyncpg.Pool, seconds: float, concurrency: int, batch: int
 
 
 async def run(seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
-    async with fresh_database("floor") as dsn:
+    async with bench_database("floor") as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
         try:
             await pool.execute(CREATE)

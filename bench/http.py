@@ -15,90 +15,39 @@ import argparse
 import os
 import resource
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 import anyio
 import msgspec
 import psutil
 
-from .common import emit, fresh_database, machine, percentile
+from .common import bench_database, emit, machine, percentile
+from .processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = Path(os.environ.get("RETINUE_BENCH_LOG_DIR", ROOT / ".retinue" / "bench-logs"))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _open_log(name: str) -> BinaryIO:
+def log_path(name: str) -> Path:
+    """LOG_DIR/name, emptied: a server's output for this run only."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    return open(LOG_DIR / name, "wb")  # noqa: SIM115 - the child process keeps its own copy
+    path = LOG_DIR / name
+    path.unlink(missing_ok=True)
+    return path
 
 
-async def start_server(
-    dsn: str, port: int, log_name: str, extra_env: dict[str, str] | None = None,
-    profile: str | None = None,
-) -> anyio.abc.Process:
-    """`python server.py --port port` on `dsn`; its output goes to LOG_DIR/log_name.
-    With `profile`, the server runs under cProfile and writes its stats there on exit."""
-    env = {**os.environ, "DATABASE_URL": dsn, **(extra_env or {})}
-    env.pop("RETINUE_API_TOKEN", None)
-    command = [sys.executable, str(ROOT / "server.py")]
-    if profile:  # imported as `server`, so msgspec can resolve its annotations
-        command = [sys.executable, "-c", "import cProfile, sys, server; "
-                   f"cProfile.run('server.main(sys.argv[1:])', {profile!r})"]
-    log = _open_log(log_name)
-    try:
-        return await anyio.open_process(
-            [*command, "--port", str(port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )
-    finally:
-        log.close()
-
-
-async def wait_ready(
-    session: aiohttp.ClientSession, base: str, process: anyio.abc.Process, within: float = 60
-) -> float:
-    """Seconds until GET /readyz answers 200; raises if the server exits or times out."""
-    began = time.perf_counter()
-    with anyio.fail_after(within):
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before ready")
-            try:
-                async with session.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        return time.perf_counter() - began
-            except aiohttp.ClientError:
-                pass
-            await anyio.sleep(0.02)
-
-
-async def stop_server(process: anyio.abc.Process, grace: float = 30) -> tuple[int | None, float]:
+async def stop_server(server: ServerProcess, grace: float = 30) -> tuple[int | None, float]:
     """SIGTERM, then wait; (exit code, seconds). SIGKILL (exit code None) past `grace` s."""
-    if process.returncode is not None:
-        return process.returncode, 0.0
+    if not server.started:
+        return None, 0.0
     began = time.perf_counter()
-    process.send_signal(signal.SIGTERM)
-    with anyio.move_on_after(grace):
-        await process.wait()
-        return process.returncode, round(time.perf_counter() - began, 3)
-    process.kill()
-    await process.wait()
-    return None, round(time.perf_counter() - began, 3)
+    code = await server.terminate(within=grace)
+    return code, round(time.perf_counter() - began, 3)
 
 
 async def send_invites(
@@ -257,32 +206,33 @@ async def run(
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6]
     results = []
-    async with fresh_database("http") as dsn:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        process = await start_server(
-            dsn, port, "http-server.log", {"RETINUE_RESOLVE_TIMEOUT": str(resolve_timeout)},
-            profile,
+    async with bench_database("http") as dsn:
+        server = ServerProcess(
+            database_url=dsn, log=log_path("http-server.log"),
+            env={"RETINUE_RESOLVE_TIMEOUT": str(resolve_timeout)}, profile=profile,
         )
         exit_code: int | None = None
         stop_seconds = 0.0
         try:
-            async with aiohttp.ClientSession() as session:
-                ready = await wait_ready(session, base, process)
-            server = psutil.Process(process.pid)
-            await _measure(base, server, min(200, invites), 16, f"{run_id}-warmup")
+            began = time.perf_counter()
+            await server.start(within=60)
+            await server.wait_ready(within=60)
+            ready = time.perf_counter() - began
+            base = server.url
+            process = psutil.Process(server.pid)
+            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup")
             for concurrency in concurrencies:
                 count = invites if concurrency > 1 else min(invites, 500)
                 results.append(
-                    await _measure(base, server, count, concurrency, f"{run_id}-c{concurrency}")
+                    await _measure(base, process, count, concurrency, f"{run_id}-c{concurrency}")
                 )
             if wrk_seconds and shutil.which("wrk"):
                 for concurrency in concurrencies:
-                    results.append(await _wrk(base, server, wrk_seconds, concurrency,
+                    results.append(await _wrk(base, process, wrk_seconds, concurrency,
                                               f"{run_id}-wrk{concurrency}"))
-            rss = server.memory_info().rss
+            rss = process.memory_info().rss
         finally:
-            exit_code, stop_seconds = await stop_server(process)
+            exit_code, stop_seconds = await stop_server(server)
     return {
         "bench": "http",
         "route": "POST /customers/invite",

@@ -40,7 +40,7 @@ import msgspec
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
-from .common import emit, fresh_database, machine
+from .common import bench_database, emit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -263,8 +263,8 @@ async def run(actors: int, profile_actors: int, concurrency: int, idle: float) -
     results: dict[str, dict[str, Any]] = {}
     # A database each: two runtimes on one database would be two nodes fencing
     # each other off the same partitions.
-    async with fresh_database("memory_active") as active_dsn, \
-            fresh_database("memory_passivated") as passivated_dsn:
+    async with bench_database("memory_active") as active_dsn, \
+            bench_database("memory_passivated") as passivated_dsn:
         dsns = {"active": active_dsn, "passivated": passivated_dsn}
 
         async def measure(kind: str) -> None:

@@ -14,6 +14,8 @@ Run: python -m bench.nodes [--nodes 1 2 3] [--invites 1000] [--concurrency 32]
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import time
 from collections import Counter
 from typing import Any
@@ -23,29 +25,30 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from .common import emit, fresh_database, machine, percentile
-from .http import free_port, send_invites, start_server, stop_server, wait_ready
+from .common import bench_database, emit, machine, percentile
+from .http import log_path, send_invites, stop_server
+from .processes import ServerProcess
 
 
-class _Node:
-    def __init__(self, name: str, port: int, process: anyio.abc.Process) -> None:
-        self.name = name
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = process
-
-
-async def _start(dsn: str, count: int) -> list[_Node]:
-    nodes: list[_Node] = []
-    for i in range(count):
-        port = free_port()
-        name = f"node-{i}"
-        process = await start_server(dsn, port, f"nodes-{count}-{name}.log",
-                                     {"RETINUE_NODE_ID": name})
-        nodes.append(_Node(name, port, process))
-    async with aiohttp.ClientSession() as session:
+async def _start(dsn: str, count: int) -> list[ServerProcess]:
+    """`count` servers on `dsn` (node-0...), started together and left to share
+    the partitions. If one fails to start, those started are killed."""
+    nodes = [ServerProcess(database_url=dsn, log=log_path(f"nodes-{count}-node-{i}.log"),
+                           name=f"node-{i}") for i in range(count)]
+    up = False
+    try:
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(functools.partial(node.start, within=60))
         for node in nodes:
-            await wait_ready(session, node.url, node.process)
-    await _shared(dsn, {n.name for n in nodes})
+            await node.wait_ready(within=60)
+        await _shared(dsn, {str(n.name) for n in nodes})
+        up = True
+    finally:
+        if not up:
+            with anyio.CancelScope(shield=True):
+                for node in nodes:
+                    await node.aclose()
     return nodes
 
 
@@ -66,7 +69,7 @@ async def _shared(dsn: str, names: set[str], within: float = 30) -> float:
     return time.perf_counter() - began
 
 
-async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str, Any]:
+async def _failover(dsn: str, nodes: list[ServerProcess], concurrency: int) -> dict[str, Any]:
     """SIGKILL the last node under load; how long until its partitions, and their
     writes, are the others'."""
     victim, survivors = nodes[-1], nodes[:-1]
@@ -88,11 +91,11 @@ async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str,
 
             tg.start_soon(keep_inviting)
             await anyio.sleep(1.0)
-            victim.process.kill()
+            victim.send_signal(signal.SIGKILL)
             killed_at = await conn.fetchval("SELECT clock_timestamp()")
             began = time.perf_counter()
-            await victim.process.wait()
-            await _shared(dsn, {n.name for n in survivors})
+            await victim.wait()
+            await _shared(dsn, {str(n.name) for n in survivors})
             moved = time.perf_counter() - began
             await anyio.sleep(2.0)
             stop.set()
@@ -112,7 +115,7 @@ async def _failover(dsn: str, nodes: list[_Node], concurrency: int) -> dict[str,
 
 
 async def _measure(count: int, invites: int, concurrency: int) -> dict[str, Any]:
-    async with fresh_database(f"nodes{count}") as dsn:
+    async with bench_database(f"nodes{count}") as dsn:
         nodes = await _start(dsn, count)
         try:
             async with aiohttp.ClientSession(
@@ -131,13 +134,13 @@ async def _measure(count: int, invites: int, concurrency: int) -> dict[str, Any]
                 "p50_ms": round(percentile(latencies, 50) * 1000, 1),
                 "p99_ms": round(percentile(latencies, 99) * 1000, 1),
                 "statuses": dict(statuses),
-                "partitions": [owners[n.name] for n in nodes],
+                "partitions": [owners[str(n.name)] for n in nodes],
             }
             if count > 1:
                 result["failover"] = await _failover(dsn, nodes, min(concurrency, 16))
         finally:
             for node in nodes:
-                await stop_server(node.process)
+                await stop_server(node)
     return result
 
 

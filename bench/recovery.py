@@ -30,7 +30,7 @@ import msgspec
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import _recovery_app as app
-from .common import emit, fresh_database, machine
+from .common import bench_database, emit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = Path(os.environ.get("RETINUE_BENCH_LOG_DIR", ROOT / ".retinue" / "bench-logs"))
@@ -95,7 +95,7 @@ async def _statuses(conn: asyncpg.Connection) -> dict[str, int]:
 async def run(
     workflows: int, sleep: float, concurrency: int, within: float, profile: str | None = None
 ) -> dict[str, Any]:
-    async with fresh_database("recovery") as dsn:
+    async with bench_database("recovery") as dsn:
         # 1. Load; SIGKILL once every workflow is inside step 3.
         loader = await _spawn(["load", dsn, "--workflows", str(workflows), "--sleep", str(sleep),
                                "--concurrency", str(concurrency)], "recovery-load.log")

@@ -18,7 +18,7 @@ from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
 from . import floor
-from .common import emit, fresh_database, machine, percentile
+from .common import bench_database, emit, machine, percentile
 
 STEPS = ("invite", "communicate_invitation", "verify", "communicate_welcome")
 
@@ -100,7 +100,7 @@ async def _floor_batched(dsn: str, seconds: float) -> float:
 
 async def run(workflows: int, concurrencies: list[int], floor_seconds: float) -> dict[str, Any]:
     results = []
-    async with fresh_database("workflow") as dsn:
+    async with bench_database("workflow") as dsn:
         journal = await PostgresJournal.connect(dsn, min_size=4, max_size=8)
         try:
             async with Runtime(journal, max_in_flight=100_000, idle_timeout=5) as runtime:

@@ -16,7 +16,7 @@ from .errors import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
-from .faults import CrashingJournal
+from .faults import CrashingJournal, DelegatingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
 from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "NO_RETRY",
     "CrashingJournal",
+    "DelegatingJournal",
     "NonDeterminismError",
     "NonRetryableError",
     "OverloadedError",

@@ -7,14 +7,13 @@ RETINUE_TEST_DATABASE_URL), and a fresh database per test that asks for one.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
+from bench.databases import fresh_database
 from journal import EmbeddedPostgres, Journal, MemoryJournal, PostgresJournal
+from tests.server_support import Served, serving
 
 
 @pytest.fixture(scope="session")
@@ -40,23 +39,11 @@ def postgres_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         server.stop()
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 @pytest.fixture
 async def pg_dsn(postgres_server_dsn: str) -> AsyncIterator[str]:
     """The DSN of a fresh, empty database, dropped after the test."""
-    name = f"test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(postgres_server_dsn)
-    try:
-        # Identifiers cannot be parameters; `name` is ours, made of [a-z0-9_].
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(postgres_server_dsn, name)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres_server_dsn, "test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -66,6 +53,13 @@ async def postgres_journal(pg_dsn: str) -> AsyncIterator[PostgresJournal]:
         yield journal
     finally:
         await journal.aclose()
+
+
+@pytest.fixture
+async def served(pg_dsn: str) -> AsyncIterator[Served]:
+    """The server's app (a real socket) over an open Runtime on a fresh database."""
+    async with serving(pg_dsn) as served:
+        yield served
 
 
 # -- both journals ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Helpers for the fault tests: `python server.py` as a real process, a webhook
-receiver, a load of invites from concurrent clients, the journal's invariants, and
-freezing a PostgreSQL server (SIGSTOP to each of its processes).
+"""Helpers for the fault tests (which run `python server.py` as a real process with
+bench.processes.ServerProcess): a webhook receiver, a load of invites from concurrent
+clients, the journal's invariants, and freezing a PostgreSQL server (SIGSTOP to each
+of its processes).
 
 The load never trusts timing for its verdict: clients retry (with the same
 Idempotency-Key) until they get an answer, and the checks poll with deadlines.
@@ -12,9 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,40 +30,24 @@ from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
 from bench.exactly_once import REWRITTEN_STEPS
-from journal import Batch, JournalUnavailableError
+from bench.polling import eventually
+from journal import Batch, Document, Journal, JournalUnavailableError, NewWorkflow, WorkflowRow
+from runtime import DelegatingJournal
 
 __all__ = [
     "Figures",
     "FlakyJournal",
     "InviteLoad",
     "Outcome",
-    "ServerProcess",
     "WebhookReceiver",
     "check_journal",
-    "free_port",
     "frozen_postgres",
-    "poll",
     "postgres_processes",
     "wait_all_finished",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 _FINISHED = ("completed", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def poll(probe: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Call `probe` until it is true; fail with `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await anyio.sleep(0.02)
 
 
 # -- the outside world ------------------------------------------------------------------
@@ -95,91 +77,6 @@ class WebhookReceiver:
         app.router.add_post("/hook", self._receive)
         async with TestServer(app) as server:
             yield str(server.make_url("/hook"))
-
-
-# -- the server process -------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`python server.py` on a fixed port, so a restart serves the same URL. Its
-    stdout and stderr go to `log` (appended across restarts)."""
-
-    def __init__(self, *, database_url: str, log: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.starts = 0
-        self._env = {**os.environ, "DATABASE_URL": database_url, "RETINUE_API_TOKEN": "", **env}
-        self._process: anyio.abc.Process | None = None
-
-    async def start(self, within: float = 30) -> None:
-        """Start it and wait until it listens (it answers 503 until recovered)."""
-        assert self._process is None, "already running"
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, str(ROOT / "server.py"), "--port", str(self.port)]
-        with self.log.open("ab") as out:
-            self._process = await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self._env,
-                cwd=ROOT,
-            )
-        self.starts += 1
-        process = self._process
-
-        async def listening() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"server.py exited with {process.returncode} while "
-                                     f"starting; see {self.log}")
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                return b"retinue listening on " in log.read()
-
-        await poll(listening, within, f"server.py to listen (log: {self.log})")
-
-    @property
-    def returncode(self) -> int | None:
-        """None while it runs (or when not started), else its exit code."""
-        return None if self._process is None else self._process.returncode
-
-    async def wait_ready(self, within: float = 30) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def ready() -> bool:
-                try:
-                    async with session.get(f"{self.url}/readyz") as reply:
-                        return reply.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await poll(ready, within, "/readyz to answer 200")
-
-    async def kill(self) -> None:
-        """SIGKILL, like a power cut: no cleanup runs."""
-        process = self._take()
-        process.kill()
-        await process.wait()
-        await process.aclose()
-
-    async def terminate(self, within: float = 30) -> int:
-        """SIGTERM; the exit code once it has stopped (gracefully, we expect)."""
-        process = self._take()
-        process.send_signal(signal.SIGTERM)
-        try:
-            with anyio.fail_after(within):
-                return await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            await process.aclose()
-
-    async def aclose(self) -> None:
-        if self._process is not None:
-            await self.kill()
-
-    def _take(self) -> anyio.abc.Process:
-        assert self._process is not None, "not running"
-        process, self._process = self._process, None
-        return process
 
 
 # -- the load ------------------------------------------------------------------------------
@@ -250,8 +147,8 @@ class InviteLoad:
         self.answered += 1
         if outcome.verify and outcome.status in (200, 202):
             customer_id = customer_id_for(outcome.email)
-            await poll(self._has_token(customer_id), self.give_up_after,
-                       f"the invitation of {outcome.email} to reach the receiver")
+            await eventually(self._has_token(customer_id), within=self.give_up_after,
+                             what=f"the invitation of {outcome.email} to reach the receiver")
             outcome.verify_status, _ = await self._post(
                 session, f"/customers/{customer_id}/verify",
                 {"token": self.receiver.tokens[customer_id]}, {},
@@ -341,7 +238,7 @@ async def wait_all_finished(dsn: str, within: float) -> None:
             )
             return bool(left == 0)
 
-        await poll(finished, within, "every workflow to finish")
+        await eventually(finished, within=within, what="every workflow to finish")
     finally:
         await conn.close()
 
@@ -502,7 +399,7 @@ def _check_receiver(
 # -- journal faults, injected in-process -------------------------------------------------------
 
 
-class FlakyJournal:
+class FlakyJournal(DelegatingJournal):
     """Delegates to `inner`. `reads_down` reads (get_document, find_document) raise
     JournalUnavailableError first, like a database that went away for a while.
     `lose_ack_of` appends that carry domain events commit, then raise
@@ -510,40 +407,37 @@ class FlakyJournal:
     `lose_ack_of_create` does the same to create_workflow."""
 
     def __init__(
-        self, inner: Any, *, reads_down: int = 0, lose_ack_of: int = 0,
+        self, inner: Journal, *, reads_down: int = 0, lose_ack_of: int = 0,
         lose_ack_of_create: int = 0,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.reads_down = reads_down
         self.lose_ack_of = lose_ack_of
         self.lose_ack_of_create = lose_ack_of_create
         self.lost_acks = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def _read(self) -> None:
         if self.reads_down > 0:
             self.reads_down -= 1
             raise JournalUnavailableError("FlakyJournal: the database is away")
 
-    async def get_document(self, kind: str, doc_id: str) -> Any:
+    async def get_document(self, kind: str, doc_id: str) -> Document | None:
         self._read()
-        return await self._inner.get_document(kind, doc_id)
+        return await self.inner.get_document(kind, doc_id)
 
-    async def find_document(self, kind: str, unique_key: str) -> Any:
+    async def find_document(self, kind: str, unique_key: str) -> Document | None:
         self._read()
-        return await self._inner.find_document(kind, unique_key)
+        return await self.inner.find_document(kind, unique_key)
 
     async def append(self, batch: Batch) -> None:
-        await self._inner.append(batch)
+        await self.inner.append(batch)
         if batch.events and self.lose_ack_of > 0:
             self.lose_ack_of -= 1
             self.lost_acks += 1
             raise JournalUnavailableError("FlakyJournal: the connection died before the ack")
 
-    async def create_workflow(self, workflow: Any) -> Any:
-        created = await self._inner.create_workflow(workflow)
+    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+        created = await self.inner.create_workflow(workflow)
         if self.lose_ack_of_create > 0:
             self.lose_ack_of_create -= 1
             self.lost_acks += 1

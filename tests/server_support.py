@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -18,10 +17,7 @@ from edge import create_app
 from journal import PostgresJournal
 from runtime import Runtime
 
-__all__ = ["Served", "serving", "eventually", "invitation_token", "workflow_count"]
-
-T = TypeVar("T")
-
+__all__ = ["Served", "serving", "invitation_token", "workflow_count"]
 
 @dataclass
 class Served:
@@ -61,16 +57,6 @@ async def serving(
                 yield Served(client, runtime, journal, app)
     finally:
         await journal.aclose()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 5.0) -> T:
-    """Poll `probe` until it returns something other than None (or False)."""
-    with anyio.fail_after(within):
-        while True:
-            found = await probe()
-            if found is not None and found is not False:
-                return found
-            await anyio.sleep(0.02)
 
 
 async def invitation_token(journal: PostgresJournal, customer_id: str) -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-
+from bench.polling import eventually
 from journal import Journal
 from runtime import SimulatedCrash
 
@@ -35,9 +34,10 @@ async def crashed() -> AsyncIterator[None]:
 
 async def wait_status(journal: Journal, workflow_id: str, status: str, timeout: float = 5) -> None:
     """Poll until the workflow has `status`; fail after `timeout` seconds."""
-    with anyio.fail_after(timeout):
-        while True:
-            row = await journal.get_workflow(workflow_id)
-            if row is not None and row.status == status:
-                return
-            await anyio.sleep(0.01)
+
+    async def has_status() -> bool:
+        row = await journal.get_workflow(workflow_id)
+        return row is not None and row.status == status
+
+    await eventually(has_status, within=timeout, interval=0.01,
+                     what=f"workflow {workflow_id} to be {status}")

@@ -6,7 +6,7 @@ tests/test_scale_out.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.polling import eventually
 from journal import PARTITION_COUNT, Journal, NewWorkflow
 from runtime import Runtime, WorkflowContext, partition_of
 from runtime.cluster import (
@@ -95,12 +96,6 @@ def metric(runtime: Runtime, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def eventually(probe: Callable[[], bool], within: float = 10) -> None:
-    with anyio.fail_after(within):
-        while not probe():
-            await anyio.sleep(0.01)
-
-
 # -- one node --------------------------------------------------------------------------
 
 
@@ -178,7 +173,7 @@ async def test_a_dead_nodes_partitions_are_taken_over_and_its_work_resumed(
                 await settled(a, b)
                 ran.gate = anyio.Event()  # the first step hangs until b dies
                 row, _ = await b.start_workflow("flow", None, actor_key=key_owned_by(b))
-                await eventually(lambda: bool(ran.steps))
+                await eventually(lambda: bool(ran.steps), within=10)
                 raise RuntimeError("power cut")  # no graceful hand-over
         ran.gate.set()
         # Its heartbeat goes stale (2 beats) well before its leases would run out.
@@ -217,15 +212,16 @@ async def test_an_actor_whose_lease_was_taken_cannot_write_and_its_work_is_resum
         key = key_owned_by(a)
         partition = partition_of(key)
         row, _ = await a.start_workflow("flow", None, actor_key=key)
-        await eventually(lambda: bool(ran.steps))  # inside its first step, "started" written
+        # Inside its first step, "started" written.
+        await eventually(lambda: bool(ran.steps), within=10)
         # Another node takes the partition while the step runs (a paused owner).
         stolen = await journal.claim_partitions("intruder", [partition])
         ran.gate.set()  # the step returns; its completion is fenced
-        await eventually(lambda: metric(a, "retinue_fenced_appends_total") == 1)
+        await eventually(lambda: metric(a, "retinue_fenced_appends_total") == 1, within=10)
         assert metric(a, "retinue_lease_changes_total", change="lost") >= 1
         # The intruder is not live, so node-a takes the partition back with the next
         # epoch, and resumes the workflow by replay.
-        await eventually(lambda: a.owned().get(partition, 0) > stolen[partition])
+        await eventually(lambda: a.owned().get(partition, 0) > stolen[partition], within=10)
         await wait_status(journal, row.id, "waiting")
         await a.signal(row.id, "go", "again")
         done = await a.wait_for_finish(row.id, 10)

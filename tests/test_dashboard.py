@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from actors import customer_actor_key, customer_id_for
+from bench.polling import eventually
 from edge import WebhookCommunicator
 from edge import quantile as _quantile
 from journal import PARTITION_COUNT, Batch, NewWorkflow, PostgresJournal, StatusChange
 from runtime import WorkflowContext
-from tests.server_support import Served, eventually, serving
+from tests.server_support import Served, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-async def served(pg_dsn: str) -> AsyncIterator[Served]:
-    async with serving(pg_dsn) as served:
-        yield served
 
 
 async def get(served: Served, path: str, **params: Any) -> Any:

@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bench.polling import eventually
 from edge import WebhookCommunicator
 from edge.schemas import WORKFLOW_STATUSES
-from tests.server_support import Served, eventually, serving
+from tests.server_support import Served, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -119,7 +120,8 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
                 await _check_the_timeline(page, ada["workflow_id"], ada_child)
                 receiver.refusing = False
                 await _retry_through_the_ui(page, failed_child)
-                await eventually(lambda: _completed(served, failed_child), within=10)
+                await eventually(lambda: _completed(served, failed_child), within=10,
+                                 what="the failed child to complete after its retry")
                 await _screenshot(page, url, ada["workflow_id"])
                 assert problems == [], problems
             finally:

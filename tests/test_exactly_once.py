@@ -19,9 +19,7 @@ import pytest
 
 from actors import InviteCustomer, Onboarding, customer_actor_key, customer_id_for
 from journal import Batch, Journal, MemoryJournal
-from runtime import Runtime
-
-from .journal_wrappers import DelegatingJournal
+from runtime import DelegatingJournal, Runtime
 
 EMAIL = "ada@example.com"
 

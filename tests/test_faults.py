@@ -28,6 +28,8 @@ import asyncpg
 import msgspec
 import pytest
 
+from bench.polling import eventually
+from bench.processes import ServerProcess
 from journal import Batch, EmbeddedPostgres, Journal, JournalUnavailableError
 from journal._groupcommit import GroupCommitter
 from runtime import (
@@ -43,10 +45,8 @@ from tests.faults_support import (
     Figures,
     FlakyJournal,
     InviteLoad,
-    ServerProcess,
     WebhookReceiver,
     check_journal,
-    poll,
     wait_all_finished,
 )
 
@@ -100,7 +100,8 @@ async def _faults_under_load(
             async def inject() -> None:
                 moments = sorted(rng.sample(range(invites // 10, invites * 9 // 10), faults))
                 for moment in moments:
-                    await poll(functools.partial(_reached, load, moment), 120, f"{moment} answers")
+                    await eventually(functools.partial(_reached, load, moment), within=120,
+                                     what=f"{moment} answers")
                     await anyio.sleep(rng.uniform(0, 0.05))
                     if graceful:
                         exit_codes.append(await server.terminate())
@@ -254,8 +255,8 @@ async def test_postgres_restarts_under_load_and_while_idle(tmp_path: Path) -> No
                 load.observers.append(busy.observe)
 
                 async def outage_midway() -> None:
-                    await poll(functools.partial(_reached, load, invites // 4), 60,
-                              "a quarter answered")
+                    await eventually(functools.partial(_reached, load, invites // 4), within=60,
+                                     what="a quarter answered")
                     await _postgres_away(pg, server, busy, "busy", seconds=2.0)
 
                 async with anyio.create_task_group() as tg:

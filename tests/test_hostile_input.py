@@ -20,13 +20,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 import anyio
 import asyncpg
@@ -38,6 +37,7 @@ from yarl import URL
 
 from actors import CustomerInvited, VerificationRejected, VerifyCustomer, customer_id_for
 from actors.onboarding import operate_verify
+from bench.databases import fresh_database
 from tests.server_support import Served, invitation_token, serving
 
 # Derandomized, so a run's outcome does not depend on luck; RETINUE_HOSTILE_EXPLORE=1
@@ -110,35 +110,15 @@ class Live:
             self.tokens.append(await invitation_token(self.served.journal, invited["id"]))
 
 
-async def _create_database(server_dsn: str) -> str:
-    name = f"hostile_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-
-
-async def _drop_database(server_dsn: str, dsn: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE "{urlsplit(dsn).path.lstrip("/")}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def live(postgres_server_dsn: str) -> Iterator[Live]:
-    with start_blocking_portal(backend="asyncio") as portal:
-        dsn = portal.call(_create_database, postgres_server_dsn)
-        try:
-            with portal.wrap_async_context_manager(serving(dsn, resolve_timeout=2)) as served:
-                state = Live(portal, served, dsn)
-                portal.call(state.seed)
-                yield state
-        finally:
-            portal.call(_drop_database, postgres_server_dsn, dsn)
+    with start_blocking_portal(backend="asyncio") as portal, \
+            portal.wrap_async_context_manager(
+                fresh_database(postgres_server_dsn, "hostile")) as dsn, \
+            portal.wrap_async_context_manager(serving(dsn, resolve_timeout=2)) as served:
+        state = Live(portal, served, dsn)
+        portal.call(state.seed)
+        yield state
 
 
 def _check(answer: Answer, *, journals_nothing: bool = True) -> None:
@@ -350,9 +330,85 @@ def test_any_method_on_any_route_gets_an_answer(
 
 
 def test_the_journal_is_consistent_after_the_hostile_input(live: Live) -> None:
+    # Its own input first, so that it checks something when run alone: the same
+    # emails invited concurrently (with and without a repeated key, in other cases
+    # and spaces), garbage bodies between them, wrong and right tokens.
+    sent = live.portal.call(_send_racing_input, live)
     problems = live.portal.call(_consistency_problems, live)
     print(f"\nhostile input: answers by status {dict(sorted(live.answers.items()))}")
     assert not problems, "\n".join(problems[:20])
+    problems = live.portal.call(_check_what_was_sent, live, sent)
+    assert not problems, "\n".join(problems[:20])
+
+
+RACING_EMAILS = [f"racing-{i}@example.com" for i in range(4)]
+NO_INVITES = [b"", b"{", b"[]", b"{}", b'{"email": 1}', b'{"email": "nope"}', b"[" * 5000,
+              b'{"email": "a@b.co", "x": 1}', b"\x00" * 64]
+
+
+@dataclass
+class Sent:
+    invites: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)  # email -> answers
+    garbage: list[int] = field(default_factory=list)  # statuses of the bodies that are no invite
+    wrong_token: int = 0
+    right_token: int = 0
+
+
+async def _send_racing_input(live: Live) -> Sent:
+    sent = Sent(invites={email: [] for email in RACING_EMAILS})
+    client = live.served.client
+
+    async def invite(email: str, spelled: str, key: str | None) -> None:
+        headers = {} if key is None else {"Idempotency-Key": key}
+        async with client.post("/customers/invite", json={"email": spelled},
+                               headers=headers) as reply:
+            sent.invites[email].append((reply.status, await reply.json()))
+
+    async def garbage(body: bytes) -> None:
+        async with client.post("/customers/invite", data=body,
+                               headers={"Content-Type": "application/json"}) as reply:
+            sent.garbage.append(reply.status)
+
+    async with anyio.create_task_group() as tg:
+        for i, email in enumerate(RACING_EMAILS):
+            for spelled in (email, email.upper(), f"  {email} "):
+                tg.start_soon(invite, email, spelled, None)
+                tg.start_soon(invite, email, spelled, f"racing-key-{i}")
+        for body in NO_INVITES:
+            tg.start_soon(garbage, body)
+    customer_id = customer_id_for(RACING_EMAILS[0])
+    token = await invitation_token(live.served.journal, customer_id)
+    verify = f"/customers/{customer_id}/verify"
+    async with client.post(verify, json={"token": "not-" + token}) as reply:
+        sent.wrong_token = reply.status
+    async with client.post(verify, json={"token": token}) as reply:
+        sent.right_token = reply.status
+    statuses = [s for answers in sent.invites.values() for s, _ in answers]
+    for status in [*statuses, *sent.garbage, sent.wrong_token, sent.right_token]:
+        live.answers[status] = live.answers.get(status, 0) + 1
+    return sent
+
+
+async def _check_what_was_sent(live: Live, sent: Sent) -> list[str]:
+    """Each racing email is one customer, invited once, answered with one workflow;
+    no garbage body was accepted; only the right token verified."""
+    problems: list[str] = []
+    for email, answers in sent.invites.items():
+        statuses = sorted(status for status, _ in answers)
+        accepted = {body["workflow_id"] for status, body in answers if status == 200}
+        if len(answers) != 6 or not set(statuses) <= {200, 409} or len(accepted) != 1:
+            problems.append(f"{email}: answers {answers}")
+        reply = await live.served.client.get(f"/customers/{customer_id_for(email)}")
+        customer = await reply.json()
+        expected = "verified" if email == RACING_EMAILS[0] else "invited"
+        if reply.status != 200 or customer.get("status") != expected:
+            problems.append(f"{email}: {reply.status} {customer}, expected {expected}")
+    if len(sent.garbage) != len(NO_INVITES) or not all(400 <= s < 500 for s in sent.garbage):
+        problems.append(f"bodies that are no invite were answered {sent.garbage}")
+    if (sent.wrong_token, sent.right_token) != (400, 200):
+        problems.append(f"verify answered {sent.wrong_token} to a wrong token and "
+                        f"{sent.right_token} to the right one")
+    return problems
 
 
 async def _consistency_problems(live: Live) -> list[str]:

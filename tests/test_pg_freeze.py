@@ -29,14 +29,14 @@ import asyncpg
 import pytest
 
 from bench.exactly_once import check as exactly_once_figures
+from bench.polling import eventually
+from bench.processes import ServerProcess
 from journal import Batch, EmbeddedPostgres, JournalUnavailableError, NewWorkflow, PostgresJournal
 from tests.faults_support import (
     InviteLoad,
-    ServerProcess,
     WebhookReceiver,
     check_journal,
     frozen_postgres,
-    poll,
     wait_all_finished,
 )
 
@@ -96,10 +96,10 @@ async def test_a_journal_on_a_frozen_server_is_unavailable_within_its_bound(
                 # Every batch had its answer: none waited for the server.
                 assert len(errors) == 40, errors
                 assert stalled < 10, f"the journal waited {stalled:.1f} s on a frozen server"
-                await poll(_answers(journal), 10, "the journal to answer again")
+                await eventually(_answers(journal), within=10, what="the journal to answer again")
                 assert not await _append_all(journal, [_batch(i) for i in range(1, 41)])
                 # The node's session came back: a wake-up reaches it again.
-                await poll(_woken(journal, wakes), 15, "a wake-up after the thaw")
+                await eventually(_woken(journal, wakes), within=15, what="a wake-up after the thaw")
                 tg.cancel_scope.cancel()
         finally:
             await journal.aclose()
@@ -180,7 +180,8 @@ async def _postgres_answers(dsn: str) -> bool:
 async def _freeze_midway(
     pg: EmbeddedPostgres, server: ServerProcess, load: InviteLoad, freeze: Freeze, after: int
 ) -> None:
-    await poll(functools.partial(_reached, load, after), 60, f"{after} answers")
+    await eventually(functools.partial(_reached, load, after), within=60,
+                     what=f"{after} answers")
     with frozen_postgres(pg.data_dir):
         freeze.frozen = True
         async with anyio.create_task_group() as tg:
@@ -188,7 +189,8 @@ async def _freeze_midway(
             await anyio.sleep(FREEZE_SECONDS)
             freeze.frozen = False
     thawed = time.monotonic()
-    await poll(functools.partial(_postgres_answers, pg.dsn), 30, "PostgreSQL to answer")
+    await eventually(functools.partial(_postgres_answers, pg.dsn), within=30,
+                     what="PostgreSQL to answer")
     answering = time.monotonic()
     freeze.seconds_to_answer = answering - thawed
     await server.wait_ready(within=30)

@@ -11,6 +11,7 @@ import pytest
 from journal import Journal
 from runtime import (
     CrashingJournal,
+    DelegatingJournal,
     NonRetryableError,
     OverloadedError,
     RestartPolicy,
@@ -508,17 +509,15 @@ async def test_a_write_that_breaks_a_unique_key_is_recorded_failed_and_writes_no
 async def test_an_idle_runtime_is_ready_again_once_its_heartbeat_reaches_the_journal() -> None:
     """No commit tells an idle node that an outage is over (it refuses commands
     while not ready): its heartbeat does."""
-    from journal import JournalUnavailableError, MemoryJournal
-
-    from .journal_wrappers import DelegatingJournal
+    from journal import ClusterView, JournalUnavailableError, MemoryJournal
 
     class Unreachable(DelegatingJournal):
         down = False
 
-        async def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
             if self.down:
                 raise JournalUnavailableError("simulated outage")
-            return await self.inner.heartbeat(*args, **kwargs)
+            return await self.inner.heartbeat(node_id, ttl, stale_after=stale_after)
 
     journal = Unreachable(MemoryJournal())
     async with Runtime(journal, heartbeat_interval=0.02, lease_ttl=0.2) as rt:

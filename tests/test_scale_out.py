@@ -14,10 +14,7 @@ Run with -s to see the figures (failover time, fenced appends).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,11 +31,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import customer_actor_key, customer_id_for
+from bench.processes import ServerProcess
 from journal import PARTITION_COUNT
 from runtime import partition_of
 from runtime.cluster import desired_partitions
-
-ROOT = Path(__file__).resolve().parent.parent
 
 HEARTBEAT = 0.25
 TTL = 2.0
@@ -55,48 +51,12 @@ FAST_ENV = {
 # -- the processes ------------------------------------------------------------------------
 
 
-class Node:
+class Node(ServerProcess):
     """One `python server.py --port 0` with its own node id; output to a log file."""
 
     def __init__(self, name: str, dsn: str, log_dir: Path, env: dict[str, str]) -> None:
+        super().__init__(database_url=dsn, log=log_dir / f"{name}.log", env=env, name=name)
         self.name = name
-        self.log = log_dir / f"{name}.log"
-        self.url = ""
-        self._env = {**os.environ, "DATABASE_URL": dsn, "RETINUE_NODE_ID": name, **env}
-        self.process: anyio.abc.Process | None = None
-
-    async def start(self, within: float = 30) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, str(ROOT / "server.py"), "--port", "0"]
-        with self.log.open("ab") as out:
-            self.process = await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self._env,
-                cwd=ROOT,
-            )
-        marker = b"retinue listening on "
-        with anyio.fail_after(within):
-            while True:
-                assert self.process.returncode is None, f"{self.name} exited; see {self.log}"
-                text = self.log.read_bytes()[offset:]
-                if marker in text:
-                    self.url = text.split(marker, 1)[1].split(b"\n", 1)[0].decode().strip()
-                    return
-                await anyio.sleep(0.05)
-
-    def send(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    async def terminate(self, within: float = 30) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(within):
-            return await self.process.wait()
 
     async def metric(self, name: str, **labels: str) -> float:
         async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as reply:
@@ -108,13 +68,6 @@ class Node:
                                                for k, v in labels.items()):
                     total += sample.value
         return total
-
-    async def aclose(self) -> None:
-        if self.process is not None:
-            if self.process.returncode is None:
-                self.process.send_signal(signal.SIGCONT)
-            await self.kill()
-            await self.process.aclose()
 
 
 @asynccontextmanager
@@ -339,11 +292,11 @@ async def test_sigterm_hands_the_partitions_over_without_waiting_for_the_ttl(
         answers = await invite_all(lambda: [leaving], emails("term", 20))
         assert set(answers.values()) == {200}
         began = time.monotonic()
-        leaving.send(signal.SIGTERM)
+        leaving.send_signal(signal.SIGTERM)
         await settled(pg_dsn, [staying.name], within=5)
         handover = time.monotonic() - began
         with anyio.fail_after(30):
-            assert await leaving.process.wait() == 0  # type: ignore[union-attr]
+            assert await leaving.wait() == 0
         # The waiting invite workflows are the staying node's now: verify one there.
         email = next(e for e in answers if partition_of_email(e) not in
                      desired_partitions(staying.name, [leaving.name, staying.name]))
@@ -414,7 +367,7 @@ async def test_a_frozen_node_that_wakes_up_late_cannot_write(pg_dsn: str, tmp_pa
                 await anyio.sleep(0.01)
         before = await leases(pg_dsn)
 
-        frozen.send(signal.SIGSTOP)
+        frozen.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         await settled(pg_dsn, [other.name], within=3 * TTL)  # the lease ran out; taken over
         takeover = time.monotonic() - stopped_at
@@ -425,7 +378,7 @@ async def test_a_frozen_node_that_wakes_up_late_cannot_write(pg_dsn: str, tmp_pa
 
         hook.release.set()  # the frozen node's deliveries return while it is stopped...
         await anyio.sleep(0.2)
-        frozen.send(signal.SIGCONT)  # ...and it carries on where it was: at the next write
+        frozen.send_signal(signal.SIGCONT)  # ...and it carries on where it was: at the next write
         with anyio.fail_after(10):
             while await frozen.metric("retinue_lease_changes_total", change="lost") == 0:
                 await anyio.sleep(0.05)

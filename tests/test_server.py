@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from collections.abc import AsyncIterator
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,25 +15,15 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
+from bench.polling import eventually
+from bench.processes import ServerProcess
 from edge import WebhookCommunicator
 from runtime import RestartPolicy, WorkflowContext
 from server import parse_config
-from tests.server_support import (
-    Served,
-    eventually,
-    invitation_token,
-    serving,
-    workflow_count,
-)
+from tests.server_support import Served, invitation_token, serving, workflow_count
 from tests.support import wait_status
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def served(pg_dsn: str) -> AsyncIterator[Served]:
-    async with serving(pg_dsn) as served:
-        yield served
 
 
 async def _invite(served: Served, email: str, **kwargs: Any) -> tuple[int, Any]:
@@ -518,32 +505,23 @@ def test_a_public_host_without_a_token_is_refused(capsys: pytest.CaptureFixture[
     assert (config.api_token, config.verification_ttl) == ("t", 60.0)
 
 
-async def test_python_server_py_serves_and_stops_cleanly_on_sigterm(pg_dsn: str) -> None:
-    env = {**os.environ, "DATABASE_URL": pg_dsn, "RETINUE_API_TOKEN": ""}
-    command = [sys.executable, str(ROOT / "server.py"), "--port", "0"]
-    async with await anyio.open_process(command, env=env, cwd=ROOT) as process:
-        try:
-            url = await _listening_url(process)
-            async with aiohttp.ClientSession(url) as session:
-                async with session.get("/readyz") as ready:
-                    assert ready.status == 200
-                async with session.post("/customers/invite", json={"email": "p@x.io"}) as reply:
-                    assert reply.status == 200, await reply.text()
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-
-
-async def _listening_url(process: anyio.abc.Process) -> str:
-    assert process.stdout is not None
-    seen = b""
-    with anyio.fail_after(20):
-        async for chunk in process.stdout:
-            seen += chunk
-            for line in seen.decode().splitlines():
-                if line.startswith("retinue listening on "):
-                    return line.removeprefix("retinue listening on ").strip()
-    raise AssertionError(f"the server never said it was listening: {seen!r}")
+async def test_python_server_py_serves_and_stops_cleanly_on_sigterm(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    server = ServerProcess(database_url=pg_dsn, log=tmp_path / "server.log", name="solo")
+    try:
+        await server.start()  # --port 0: its JSON line says which port it bound
+        assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}"
+        assert server.node == "solo"
+        log = server.log.read_text()
+        assert f"retinue listening on {server.url}\n" in log
+        assert json.dumps({"event": "listening", "url": server.url, "node": "solo"},
+                          separators=(",", ":")) in log
+        async with aiohttp.ClientSession(server.url) as session:
+            async with session.get("/readyz") as ready:
+                assert ready.status == 200
+            async with session.post("/customers/invite", json={"email": "p@x.io"}) as reply:
+                assert reply.status == 200, await reply.text()
+        assert await server.terminate(within=20) == 0, log
+    finally:
+        await server.aclose()

@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
+from bench.polling import eventually
 from journal import Journal, MemoryJournal
 from runtime import (
     RetryPolicy,
@@ -19,6 +20,8 @@ from runtime import (
     trace_ref,
     trace_spans,
 )
+
+from .support import wait_status
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.002)
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -82,7 +85,7 @@ async def test_spans_name_every_step_attempt_wait_and_child(journal: Journal) ->
                                          trace_id=trace_ref(TRACE, CALLER_SPAN))
         [child_id] = [c.id for c in await _eventually_children(journal, row.id)]
         assert (await rt.wait_for_finish(child_id, 5)) is not None
-        await _wait_until_waiting(journal, row.id)
+        await wait_status(journal, row.id, "waiting")
         spans = await trace_spans(journal, row.id)
 
         named = by_name(spans)
@@ -119,19 +122,10 @@ async def test_spans_name_every_step_attempt_wait_and_child(journal: Journal) ->
 
 
 async def _eventually_children(journal: Journal, workflow_id: str) -> list[Any]:
-    with anyio.fail_after(5):
-        while not (children := await journal.children(workflow_id)):
-            await anyio.sleep(0.01)
-    return children
+    async def children() -> list[Any] | None:
+        return await journal.children(workflow_id) or None
 
-
-async def _wait_until_waiting(journal: Journal, workflow_id: str) -> None:
-    with anyio.fail_after(5):
-        while True:
-            row = await journal.get_workflow(workflow_id)
-            if row is not None and row.status == "waiting":
-                return
-            await anyio.sleep(0.01)
+    return await eventually(children, what=f"a child of {workflow_id}")
 
 
 # -- OpenTelemetry ----------------------------------------------------------------------
@@ -151,7 +145,7 @@ async def test_finished_workflows_are_exported_with_the_journals_ids_across_a_re
         register(first, flaky)
         row, _ = await first.start_workflow("parent", {}, actor_key="a:1",
                                             trace_id=trace_ref(TRACE, CALLER_SPAN))
-        await _wait_until_waiting(journal, row.id)
+        await wait_status(journal, row.id, "waiting")
     before = by_name(await trace_spans(journal, row.id))
 
     memory = InMemorySpanExporter()
