@@ -72,11 +72,6 @@ class Journal(abc.ABC):
     async def ping(self) -> None:  # noqa: B027 - a journal in memory is always there
         """Return if the database answers; raise JournalUnavailableError if not."""
 
-    @abc.abstractmethod
-    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
-        """Take ownership of `partitions` for `node_id`, bumping each epoch; return
-        {partition: new epoch}. Appends under an older epoch fail with FencedError."""
-
     # -- scale-out: nodes, partition leases, wake-ups ------------------------
     #
     # A node is live while its heartbeat lease runs (`heartbeat`, every second or
@@ -158,9 +153,6 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None: ...
-
-    @abc.abstractmethod
-    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None: ...
 
     @abc.abstractmethod
     async def list_workflows(

@@ -126,15 +126,6 @@ class MemoryJournal(Journal):
         """Wall time on the journal's clock (PostgreSQL's now())."""
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
-        async with self._lock:
-            claimed = {}
-            for partition in partitions:
-                epoch = self._leases[partition].epoch + 1
-                self._leases[partition] = _Lease(node_id, epoch, None)
-                claimed[partition] = epoch
-            return claimed
-
     # -- scale-out: nodes, partition leases, wake-ups ------------------------
 
     async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
@@ -402,10 +393,6 @@ class MemoryJournal(Journal):
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         return self._workflows.get(workflow_id)
-
-    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None:
-        workflow_id = self._by_idempotency_key.get(key)
-        return self._workflows.get(workflow_id) if workflow_id else None
 
     async def list_workflows(
         self,

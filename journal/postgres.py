@@ -63,16 +63,6 @@ _STEP_COLUMNS: Final = """
 """
 _UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 
-_CLAIM_PARTITIONS: Final = """
-WITH locked AS (
-    SELECT partition FROM partitions WHERE partition = ANY($2::integer[])
-    ORDER BY partition FOR UPDATE
-)
-UPDATE partitions p SET owner = $1, epoch = p.epoch + 1
-FROM locked WHERE p.partition = locked.partition
-RETURNING p.partition, p.epoch
-"""
-
 _CREATE_WORKFLOW: Final = (
     """
 INSERT INTO workflows (id, name, actor_key, partition, input, idempotency_key,
@@ -90,7 +80,6 @@ _CONFLICTING_WORKFLOW: Final = (
 ORDER BY id = $1 DESC LIMIT 1"""
 )
 _GET_WORKFLOW: Final = "SELECT" + _WORKFLOW_COLUMNS + "FROM workflows WHERE id = $1"
-_WORKFLOW_BY_KEY: Final = "SELECT" + _WORKFLOW_COLUMNS + "FROM workflows WHERE idempotency_key = $1"
 _LIST_WORKFLOWS: Final = (
     "SELECT"
     + _WORKFLOW_COLUMNS
@@ -361,11 +350,6 @@ class PostgresJournal(Journal):
     async def ping(self) -> None:
         await self._pool.fetchval(_PING)
 
-    @boundary
-    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
-        rows = await self._pool.fetch(_CLAIM_PARTITIONS, node_id, list(partitions))
-        return {row["partition"]: row["epoch"] for row in rows}
-
     # -- scale-out: nodes, partition leases, wake-ups ------------------------
 
     @boundary
@@ -497,10 +481,6 @@ class PostgresJournal(Journal):
     @boundary
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         return _optional(_workflow, await self._pool.fetchrow(_GET_WORKFLOW, workflow_id))
-
-    @boundary
-    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None:
-        return _optional(_workflow, await self._pool.fetchrow(_WORKFLOW_BY_KEY, key))
 
     @boundary
     async def list_workflows(
