@@ -122,6 +122,12 @@ class MemoryJournal(Journal):
         self._dead_letters: dict[int, DeadLetter] = {}
         self._dead_letter_ids = itertools.count(1)
 
+    async def aclose(self) -> None:
+        """Nothing to release: the state goes with the instance."""
+
+    async def ping(self) -> None:
+        """A journal in memory is always there."""
+
     def _now(self) -> datetime:
         """Wall time on the journal's clock (PostgreSQL's now())."""
         return datetime.fromtimestamp(self._clock(), UTC)
