@@ -3,7 +3,17 @@
 `journal` knows nothing of actors or workflows' code; it stores rows.
 """
 
-from .base import ClusterView, Journal, PartitionLease, WaitingStep
+from .base import (
+    Cluster,
+    ClusterView,
+    DeadLetters,
+    Journal,
+    PartitionLease,
+    Projections,
+    WaitingStep,
+    Workflows,
+    Writer,
+)
 from .embedded import EmbeddedPostgres
 from .errors import (
     EmbeddedPostgresError,
@@ -38,8 +48,10 @@ __all__ = [
     "FINISHED_STATUSES",
     "PARTITION_COUNT",
     "Batch",
+    "Cluster",
     "ClusterView",
     "DeadLetter",
+    "DeadLetters",
     "Document",
     "DomainEvent",
     "EmbeddedPostgres",
@@ -54,6 +66,7 @@ __all__ = [
     "NewWorkflow",
     "PartitionLease",
     "PostgresJournal",
+    "Projections",
     "RunFence",
     "Signal",
     "StaleRunError",
@@ -64,5 +77,7 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowPage",
     "WorkflowRow",
+    "Workflows",
+    "Writer",
     "open_journal",
 ]

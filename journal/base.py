@@ -3,6 +3,14 @@
 One write path: `append(batch)` writes a `Batch` atomically, only while the
 writer's partition lease (partition, epoch) is current. Everything else is a
 read or an operator action. The same contract tests run against both journals.
+
+The contract is five narrow protocols, one concept each, and `Journal` is all of
+them: `Cluster` (nodes, partition leases, wake-ups), `Writer` (the write path),
+`Workflows` (workflows, steps, signals, operator actions), `Projections` (domain
+events and documents) and `DeadLetters`. Each backend keeps each protocol in a
+module of its own (`_pg_*.py`, `_mem_*.py`). A collaborator that needs one
+concept may ask for that protocol only. Every method is abstract, so a backend
+that misses or misnames one fails mypy and cannot be instantiated.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,7 +35,17 @@ from .records import (
     WorkflowRow,
 )
 
-__all__ = ["ClusterView", "Journal", "PartitionLease", "WaitingStep"]
+__all__ = [
+    "Cluster",
+    "ClusterView",
+    "DeadLetters",
+    "Journal",
+    "PartitionLease",
+    "Projections",
+    "WaitingStep",
+    "Workflows",
+    "Writer",
+]
 
 import msgspec
 
@@ -60,30 +78,14 @@ class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     leases: tuple[PartitionLease, ...]
 
 
-class Journal(abc.ABC):
-    """Durable state of the runtime. Every method may be cancelled; a cancelled
-    append either committed whole or not at all."""
+class Cluster(Protocol):
+    """Nodes, partition leases and wake-ups: who may write which partition.
 
-    # -- life cycle -------------------------------------------------------
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections. Idempotent."""
-
-    async def ping(self) -> None:  # noqa: B027 - a journal in memory is always there
-        """Return if the database answers; raise JournalUnavailableError if not."""
-
-    @abc.abstractmethod
-    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
-        """Take ownership of `partitions` for `node_id`, bumping each epoch; return
-        {partition: new epoch}. Appends under an older epoch fail with FencedError."""
-
-    # -- scale-out: nodes, partition leases, wake-ups ------------------------
-    #
-    # A node is live while its heartbeat lease runs (`heartbeat`, every second or
-    # so) and it is attached (`serve_node` runs: with PostgreSQL, a session that
-    # holds an advisory lock, so a killed process is seen at once) or was heard
-    # from within `stale_after` seconds (so a session being re-established is not
-    # taken for a death). Leases live on the journal's clock, never the node's.
+    A node is live while its heartbeat lease runs (`heartbeat`, every second or
+    so) and it is attached (`serve_node` runs: with PostgreSQL, a session that
+    holds an advisory lock, so a killed process is seen at once) or was heard
+    from within `stale_after` seconds (so a session being re-established is not
+    taken for a death). Leases live on the journal's clock, never the node's."""
 
     @abc.abstractmethod
     async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
@@ -131,16 +133,10 @@ class Journal(abc.ABC):
     async def wake(self, payloads: Sequence[str]) -> None:
         """Send each payload to every attached node (at most once, best effort)."""
 
-    @abc.abstractmethod
-    async def runnable_workflows(
-        self, partitions: Collection[int], signals_after: int
-    ) -> tuple[list[WorkflowRow], int]:
-        """Unfinished workflows of `partitions` that may have work a lost wake-up
-        did not announce: pending ones, cancel-requested ones, and those with an
-        unconsumed signal newer than `signals_after`; and the newest signal id
-        (pass it as `signals_after` next time). Oldest first."""
 
-    # -- the write path ---------------------------------------------------
+class Writer(Protocol):
+    """The write path: every durable change a running workflow makes, and the
+    acceptance of a command."""
 
     @abc.abstractmethod
     async def append(self, batch: Batch) -> None:
@@ -154,13 +150,13 @@ class Journal(abc.ABC):
         same id or the same idempotency key exists, returns it with created=False
         and writes nothing."""
 
-    # -- workflows --------------------------------------------------------
+
+class Workflows(Protocol):
+    """Workflows and their steps, signals and published events: the reads of
+    replay and recovery, and the operator's actions (cancel, retry)."""
 
     @abc.abstractmethod
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None: ...
-
-    @abc.abstractmethod
-    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None: ...
 
     @abc.abstractmethod
     async def list_workflows(
@@ -217,6 +213,15 @@ class Journal(abc.ABC):
         'retrying' so replay runs them again. Earlier completed steps stay.
         Raises WorkflowNotFoundError, InvalidTransitionError unless failed."""
 
+    @abc.abstractmethod
+    async def runnable_workflows(
+        self, partitions: Collection[int], signals_after: int
+    ) -> tuple[list[WorkflowRow], int]:
+        """Unfinished workflows of `partitions` that may have work a lost wake-up
+        did not announce: pending ones, cancel-requested ones, and those with an
+        unconsumed signal newer than `signals_after`; and the newest signal id
+        (pass it as `signals_after` next time). Oldest first."""
+
     # -- signals and workflow events ----------------------------------------
 
     @abc.abstractmethod
@@ -231,7 +236,9 @@ class Journal(abc.ABC):
     async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
         """(found, value) of a published workflow event."""
 
-    # -- domain events and documents ----------------------------------------
+
+class Projections(Protocol):
+    """Domain events (each actor's log) and the documents projected from them."""
 
     @abc.abstractmethod
     async def read_events(self, actor_key: str, after_seq: int = 0) -> list[DomainEvent]: ...
@@ -256,7 +263,9 @@ class Journal(abc.ABC):
     async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
         """Atomically replace every document of `kind` (projection rebuild)."""
 
-    # -- dead letters ---------------------------------------------------------
+
+class DeadLetters(Protocol):
+    """Messages that crashed their actor too often, kept for an operator."""
 
     @abc.abstractmethod
     async def add_dead_letter(self, actor_key: str, message: Any, error: str) -> DeadLetter: ...
@@ -267,3 +276,16 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def take_dead_letter(self, letter_id: int) -> DeadLetter | None:
         """Mark a dead letter redelivered and return it; None if unknown or taken."""
+
+
+class Journal(Cluster, Writer, Workflows, Projections, DeadLetters, Protocol):
+    """Durable state of the runtime: the whole contract. Every method may be
+    cancelled; a cancelled append either committed whole or not at all."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return if the database answers; raise JournalUnavailableError if not."""

@@ -31,7 +31,7 @@ import msgspec
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from journal import PARTITION_COUNT, ClusterView, Journal, JournalUnavailableError
+from journal import PARTITION_COUNT, Cluster, ClusterView, JournalUnavailableError
 
 from .clock import SYSTEM_CLOCK, Clock
 
@@ -224,7 +224,7 @@ class LeaseManager:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: Cluster,
         node_id: str,
         settings: ClusterSettings,
         host: ClusterHost,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Final
 
-from journal import Journal, StepRecord, WorkflowRow
+from journal import StepRecord, WorkflowRow, Workflows
 
 from .actor import Run
 from .cluster import ClusterHost
@@ -23,7 +23,7 @@ class Recovery(ClusterHost):
     (re-arms their timers, replays their unfinished workflows with histories
     read in bulk), stops those it loses, and catches up on lost wake-ups."""
 
-    def __init__(self, journal: Journal, placement: Placement, metrics: RuntimeMetrics) -> None:
+    def __init__(self, journal: Workflows, placement: Placement, metrics: RuntimeMetrics) -> None:
         self._journal = journal
         self._placement = placement
         self._metrics = metrics

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from journal import Document, DomainEvent, Journal
+from journal import Document, DomainEvent, Projections
 
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import to_json_value
@@ -32,7 +32,7 @@ def event_type_of(event: Any) -> str:
 class Reader:
     """Read-only access to documents and the event log, for `lookup` functions."""
 
-    def __init__(self, journal: Journal, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, journal: Projections, clock: Clock = SYSTEM_CLOCK) -> None:
         self._journal = journal
         self._clock = clock
 
@@ -96,12 +96,12 @@ class WriteSet:
         )
 
 
-async def read_event_log(journal: Journal) -> list[Any]:
+async def read_event_log(journal: Projections) -> list[Any]:
     """Every actor's event payloads, each actor's in log order: a rebuild's input."""
     return [event.payload for event in await journal.read_all_events()]
 
 
-async def replace_projection(journal: Journal, kind: str, writes: WriteSet) -> int:
+async def replace_projection(journal: Projections, kind: str, writes: WriteSet) -> int:
     """Atomically replace every document of `kind` with those `writes` holds."""
     documents = [doc for doc in writes.documents if doc.kind == kind]
     await journal.replace_documents(kind, documents)

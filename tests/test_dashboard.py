@@ -429,7 +429,7 @@ async def test_the_list_filters_and_pages_over_thousands_of_workflows(pg_dsn: st
 
 
 async def test_the_list_query_uses_an_index_for_the_status_filter(pg_dsn: str) -> None:
-    from journal.postgres import _LIST_WORKFLOWS
+    from journal._pg_workflows import _LIST_WORKFLOWS
 
     async with serving(pg_dsn, open_runtime=False) as served:
         await _insert_many(served.journal, pg_dsn)

@@ -84,9 +84,9 @@ async def test_create_workflow_accepts_a_pending_workflow(journal: Journal) -> N
     assert not row.cancel_requested
     assert is_utc(row.created_at) and is_utc(row.updated_at)
     assert await journal.get_workflow("wf-1") == row
-    assert await journal.find_workflow_by_idempotency_key("k1") == row
     assert await journal.get_workflow("nope") is None
-    assert await journal.find_workflow_by_idempotency_key("nope") is None
+    again, created = await journal.create_workflow(new_wf("wf-2", idempotency_key="k1"))
+    assert not created and again == row
 
 
 async def test_create_workflow_with_a_known_id_returns_the_existing_row(journal: Journal) -> None:
@@ -266,8 +266,9 @@ async def test_a_status_may_follow_the_creation_in_the_same_batch(journal: Journ
 
 
 async def test_claiming_a_partition_fences_appends_with_the_old_epoch(journal: Journal) -> None:
-    assert await journal.claim_partitions("node-a", [0, 1]) == {0: 1, 1: 1}
-    assert await journal.claim_partitions("node-b", [1, 0]) == {0: 2, 1: 2}
+    # Neither node heartbeats, so neither is live: each takes the other's leases.
+    assert await journal.acquire_leases("node-a", [0, 1], TTL, stale_after=TTL) == {0: 1, 1: 1}
+    assert await journal.acquire_leases("node-b", [1, 0], TTL, stale_after=TTL) == {0: 2, 1: 2}
     stale = Batch(partition=0, epoch=1, events=(event("customer-1", 1),), steps=(step("w", 1),))
     with pytest.raises(FencedError) as caught:
         await journal.append(stale)
@@ -280,7 +281,7 @@ async def test_claiming_a_partition_fences_appends_with_the_old_epoch(journal: J
 
 
 async def test_every_partition_exists_at_epoch_zero(journal: Journal) -> None:
-    claimed = await journal.claim_partitions("node", range(PARTITION_COUNT))
+    claimed = await journal.acquire_leases("node", range(PARTITION_COUNT), TTL, stale_after=TTL)
     assert claimed == {p: 1 for p in range(PARTITION_COUNT)}
 
 

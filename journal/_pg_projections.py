@@ -1,0 +1,80 @@
+"""PostgresJournal's domain events and documents (the `Projections` protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+
+from ._pg_shared import PostgresBase, optional
+from ._pgconn import boundary
+from ._pgwrite import UPSERT_DOCUMENT, document_args
+from .base import Projections
+from .records import Document, DomainEvent
+
+__all__ = ["PostgresProjections"]
+
+_EVENT_COLUMNS: Final = " actor_key, seq, type, payload, workflow_id, created_at "
+_READ_EVENTS: Final = (
+    "SELECT" + _EVENT_COLUMNS + "FROM events WHERE actor_key = $1 AND seq > $2 ORDER BY seq"
+)
+# COLLATE "C": the same order as Python's str comparison, whatever the database locale.
+_READ_ALL_EVENTS: Final = (
+    "SELECT" + _EVENT_COLUMNS + 'FROM events ORDER BY actor_key COLLATE "C", seq'
+)
+_LAST_EVENT_SEQ: Final = "SELECT coalesce(max(seq), 0) FROM events WHERE actor_key = $1"
+_DOCUMENT_COLUMNS: Final = " kind, id, data, unique_key, owner, updated_at "
+_GET_DOCUMENT: Final = "SELECT" + _DOCUMENT_COLUMNS + "FROM documents WHERE kind = $1 AND id = $2"
+_FIND_DOCUMENT: Final = (
+    "SELECT" + _DOCUMENT_COLUMNS + "FROM documents WHERE kind = $1 AND unique_key = $2"
+)
+_LIST_DOCUMENTS: Final = (
+    "SELECT"
+    + _DOCUMENT_COLUMNS
+    + """FROM documents
+WHERE kind = $1 AND ($2::text IS NULL OR owner = $2)
+ORDER BY id COLLATE "C\""""
+)
+_DELETE_DOCUMENTS: Final = "DELETE FROM documents WHERE kind = $1"
+
+
+class PostgresProjections(PostgresBase, Projections):
+    """Events and documents on PostgreSQL."""
+
+    @boundary
+    async def read_events(self, actor_key: str, after_seq: int = 0) -> list[DomainEvent]:
+        rows = await self._pool.fetch(_READ_EVENTS, actor_key, after_seq)
+        return [DomainEvent(**row) for row in rows]
+
+    @boundary
+    async def read_all_events(self) -> list[DomainEvent]:
+        return [DomainEvent(**row) for row in await self._pool.fetch(_READ_ALL_EVENTS)]
+
+    @boundary
+    async def last_event_seq(self, actor_key: str) -> int:
+        seq = await self._pool.fetchval(_LAST_EVENT_SEQ, actor_key)
+        return int(seq)
+
+    @boundary
+    async def get_document(self, kind: str, doc_id: str) -> Document | None:
+        return optional(_document, await self._pool.fetchrow(_GET_DOCUMENT, kind, doc_id))
+
+    @boundary
+    async def find_document(self, kind: str, unique_key: str) -> Document | None:
+        return optional(_document, await self._pool.fetchrow(_FIND_DOCUMENT, kind, unique_key))
+
+    @boundary
+    async def list_documents(self, kind: str, owner: str | None = None) -> list[Document]:
+        return [_document(row) for row in await self._pool.fetch(_LIST_DOCUMENTS, kind, owner)]
+
+    @boundary
+    async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_DELETE_DOCUMENTS, kind)
+            if documents:
+                await conn.executemany(UPSERT_DOCUMENT, [document_args(d, kind) for d in documents])
+
+
+def _document(row: asyncpg.Record) -> Document:
+    return Document(**row)

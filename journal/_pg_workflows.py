@@ -1,0 +1,228 @@
+"""PostgresJournal's workflows, steps, signals and workflow events, and the
+operator's actions on them (the `Workflows` protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from ._pg_shared import UNFINISHED, WORKFLOW_COLUMNS, PostgresBase, optional, workflow_row
+from ._pgconn import Conn, boundary
+from .base import WaitingStep, Workflows
+from .errors import InvalidTransitionError, WorkflowNotFoundError
+from .records import FINISHED_STATUSES, Signal, StepRecord, WorkflowPage, WorkflowRow
+
+__all__ = ["PostgresWorkflows"]
+
+_STEP_COLUMNS: Final = """
+    workflow_id, seq, name, kind, status, attempt, input, output, error,
+    started_at, finished_at, fire_at, history, run_id
+"""
+_GET_WORKFLOW: Final = "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE id = $1"
+_LIST_WORKFLOWS: Final = (
+    "SELECT"
+    + WORKFLOW_COLUMNS
+    + """FROM workflows
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR actor_key = $2)
+  AND ($3::text IS NULL OR name = $3)
+  AND ($4::bigint IS NULL OR position < $4)
+  AND ($6::timestamptz IS NULL OR created_at >= $6)
+  AND ($7::timestamptz IS NULL OR created_at < $7)
+ORDER BY position DESC
+LIMIT $5"""
+)
+_COUNT_BY_STATUS: Final = "SELECT status, count(*) AS n FROM workflows GROUP BY status"
+_CHILDREN: Final = (
+    "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE parent_id = $1 ORDER BY position"
+)
+_UNFINISHED_WORKFLOWS: Final = (
+    "SELECT"
+    + WORKFLOW_COLUMNS
+    + "FROM workflows WHERE "
+    + UNFINISHED
+    + " AND ($1::integer[] IS NULL OR partition = ANY($1))"
+    + " AND ($2 OR status <> 'waiting') ORDER BY position"
+)
+_LOAD_STEPS: Final = "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = $1 ORDER BY seq"
+_LOAD_HISTORIES: Final = (
+    "SELECT" + _STEP_COLUMNS + "FROM steps WHERE workflow_id = ANY($1::text[]) "
+    "ORDER BY workflow_id, seq"
+)
+_WAITING_STEPS: Final = """
+SELECT s.workflow_id, s.seq, w.actor_key, s.fire_at
+FROM steps s JOIN workflows w ON w.id = s.workflow_id
+WHERE ((s.kind = 'wait' AND s.status = 'started') OR s.status = 'backoff')
+  AND s.fire_at IS NOT NULL
+  AND ($1::integer[] IS NULL OR w.partition = ANY($1))
+ORDER BY s.fire_at, s.workflow_id, s.seq
+"""
+# Pending, cancel-requested, or signalled since $2: what a lost wake-up would hide.
+_RUNNABLE_WORKFLOWS: Final = (
+    "SELECT"
+    + WORKFLOW_COLUMNS
+    + "FROM workflows w WHERE w."
+    + UNFINISHED
+    + """ AND w.partition = ANY($1::integer[])
+  AND (w.status = 'pending' OR w.cancel_requested
+       OR EXISTS (SELECT 1 FROM signals s
+                  WHERE s.workflow_id = w.id AND NOT s.consumed AND s.id > $2))
+ORDER BY w.position"""
+)
+_NEWEST_SIGNAL: Final = "SELECT coalesce(max(id), 0) FROM signals"
+
+_LOCK_WORKFLOW_STATUS: Final = "SELECT status FROM workflows WHERE id = $1 FOR UPDATE"
+# Descends only through unfinished workflows, as MemoryJournal does: a finished
+# child's own children are left alone.
+_REQUEST_CANCEL: Final = (
+    """
+WITH RECURSIVE tree(id) AS (
+    SELECT id FROM workflows WHERE id = $1
+    UNION
+    SELECT w.id FROM workflows w JOIN tree t ON w.parent_id = t.id
+    WHERE w."""
+    + UNFINISHED
+    + """
+)
+UPDATE workflows SET cancel_requested = true, updated_at = now()
+WHERE id IN (SELECT id FROM tree)
+RETURNING id
+"""
+)
+_RETRY_STEPS: Final = (
+    "UPDATE steps SET status = 'retrying' WHERE workflow_id = $1 AND status = 'failed'"
+)
+_RETRY_WORKFLOW: Final = (
+    "UPDATE workflows SET status = 'pending', error = NULL, updated_at = now() WHERE id = $1"
+)
+
+_SIGNAL_COLUMNS: Final = " id, workflow_id, name, payload, consumed, created_at "
+_SEND_SIGNAL: Final = (
+    """
+INSERT INTO signals (workflow_id, name, payload)
+SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM workflows WHERE id = $1)
+RETURNING"""
+    + _SIGNAL_COLUMNS
+)
+_NEXT_SIGNAL: Final = (
+    "SELECT"
+    + _SIGNAL_COLUMNS
+    + """FROM signals
+WHERE workflow_id = $1 AND name = $2 AND NOT consumed
+ORDER BY id LIMIT 1"""
+)
+_GET_WORKFLOW_EVENT: Final = "SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2"
+
+
+class PostgresWorkflows(PostgresBase, Workflows):
+    """Workflows, steps and signals on PostgreSQL."""
+
+    @boundary
+    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        return optional(workflow_row, await self._pool.fetchrow(_GET_WORKFLOW, workflow_id))
+
+    @boundary
+    async def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        actor_key: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> WorkflowPage:
+        before = int(cursor) if cursor else None
+        rows = await self._pool.fetch(_LIST_WORKFLOWS, status, actor_key, name, before,
+                                      limit + 1, created_since, created_before)
+        page = [workflow_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return WorkflowPage(
+            workflows=page, next_cursor=str(page[-1].position) if more and page else None
+        )
+
+    @boundary
+    async def count_workflows_by_status(self) -> dict[str, int]:
+        return {row["status"]: row["n"] for row in await self._pool.fetch(_COUNT_BY_STATUS)}
+
+    @boundary
+    async def children(self, workflow_id: str) -> list[WorkflowRow]:
+        return [workflow_row(row) for row in await self._pool.fetch(_CHILDREN, workflow_id)]
+
+    @boundary
+    async def unfinished_workflows(
+        self, partitions: Collection[int] | None = None, *, waiting: bool = True
+    ) -> list[WorkflowRow]:
+        wanted = None if partitions is None else list(partitions)
+        rows = await self._pool.fetch(_UNFINISHED_WORKFLOWS, wanted, waiting)
+        return [workflow_row(row) for row in rows]
+
+    @boundary
+    async def load_steps(self, workflow_id: str) -> list[StepRecord]:
+        return [StepRecord(**row) for row in await self._pool.fetch(_LOAD_STEPS, workflow_id)]
+
+    @boundary
+    async def load_histories(self, workflow_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        histories: dict[str, list[StepRecord]] = {workflow_id: [] for workflow_id in workflow_ids}
+        for row in await self._pool.fetch(_LOAD_HISTORIES, list(workflow_ids)):
+            histories[row["workflow_id"]].append(StepRecord(**row))
+        return histories
+
+    @boundary
+    async def waiting_steps(self, partitions: Collection[int] | None = None) -> list[WaitingStep]:
+        wanted = None if partitions is None else list(partitions)
+        return [WaitingStep(**row) for row in await self._pool.fetch(_WAITING_STEPS, wanted)]
+
+    @boundary
+    async def runnable_workflows(
+        self, partitions: Collection[int], signals_after: int
+    ) -> tuple[list[WorkflowRow], int]:
+        newest = int(await self._pool.fetchval(_NEWEST_SIGNAL))
+        rows = await self._pool.fetch(_RUNNABLE_WORKFLOWS, list(partitions), signals_after)
+        return [workflow_row(row) for row in rows], newest
+
+    @boundary
+    async def request_cancel(self, workflow_id: str) -> list[str]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await _lock_status_txn(conn, workflow_id)
+            if status in FINISHED_STATUSES:
+                raise InvalidTransitionError(workflow_id, status, "cancel")
+            return [row["id"] for row in await conn.fetch(_REQUEST_CANCEL, workflow_id)]
+
+    @boundary
+    async def retry_workflow(self, workflow_id: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await _lock_status_txn(conn, workflow_id)
+            if status != "failed":
+                raise InvalidTransitionError(workflow_id, status, "retry")
+            await conn.execute(_RETRY_STEPS, workflow_id)
+            await conn.execute(_RETRY_WORKFLOW, workflow_id)
+
+    # -- signals and workflow events ----------------------------------------
+
+    @boundary
+    async def send_signal(self, workflow_id: str, name: str, payload: Any) -> Signal:
+        row = await self._pool.fetchrow(_SEND_SIGNAL, workflow_id, name, payload)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return Signal(**row)
+
+    @boundary
+    async def next_signal(self, workflow_id: str, name: str) -> Signal | None:
+        row = await self._pool.fetchrow(_NEXT_SIGNAL, workflow_id, name)
+        return optional(lambda r: Signal(**r), row)
+
+    @boundary
+    async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
+        row = await self._pool.fetchrow(_GET_WORKFLOW_EVENT, workflow_id, key)
+        return (False, None) if row is None else (True, row["value"])
+
+
+async def _lock_status_txn(conn: Conn, workflow_id: str) -> str:
+    """Lock the workflow's row for an operator action and return its status."""
+    status: str | None = await conn.fetchval(_LOCK_WORKFLOW_STATUS, workflow_id)
+    if status is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return status
