@@ -51,9 +51,6 @@ class DelegatingJournal(Journal):
     async def ping(self) -> None:
         await self.inner.ping()
 
-    async def claim_partitions(self, node_id: str, partitions: Sequence[int]) -> dict[int, int]:
-        return await self.inner.claim_partitions(node_id, partitions)
-
     # -- scale-out: nodes, partition leases, wake-ups ------------------------
 
     async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
@@ -104,9 +101,6 @@ class DelegatingJournal(Journal):
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         return await self.inner.get_workflow(workflow_id)
-
-    async def find_workflow_by_idempotency_key(self, key: str) -> WorkflowRow | None:
-        return await self.inner.find_workflow_by_idempotency_key(key)
 
     async def list_workflows(
         self,
