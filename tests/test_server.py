@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
 from bench.polling import eventually
-from bench.processes import ServerProcess
-from edge import WebhookCommunicator
 from runtime import RestartPolicy, WorkflowContext
-from server import parse_config
 from tests.server_support import Served, invitation_token, serving, workflow_count
 from tests.support import wait_status
 
@@ -416,112 +408,3 @@ async def test_the_openapi_document_describes_every_route(served: Served) -> Non
     page = await served.client.get("/")
     assert page.status == 200 and page.content_type == "text/html"
     assert "Retinue" in await page.text()
-
-
-# -- the webhook ---------------------------------------------------------------------------
-
-
-async def test_the_webhook_is_retried_with_one_idempotency_key(pg_dsn: str) -> None:
-    received: list[tuple[str | None, dict[str, Any]]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        received.append((request.headers.get("Idempotency-Key"), await request.json()))
-        return web.Response(status=500 if len(received) == 1 else 200)
-
-    receiver = web.Application()
-    receiver.router.add_post("/hook", receive)
-    async with TestServer(receiver) as hook, WebhookCommunicator(str(hook.make_url("/hook"))
-                                                                ) as communicator:
-        async with serving(pg_dsn, communicator=communicator) as served:
-            _, invited = await _invite(served, "web@example.com")
-
-            async def delivered() -> list[Any] | None:
-                path = f"/customers/{invited['id']}/messages"
-                reply = await (await served.client.get(path)).json()
-                return [m for m in reply["messages"] if m["status"] == "delivered"] or None
-
-            [message] = await eventually(delivered)
-
-    assert len(received) == 2
-    (first_key, first), (second_key, second) = received
-    assert first == second
-    assert first_key == second_key == first["idempotency_key"] == message["idempotency_key"]
-    assert first["type"] == "invitation" and first["customer_id"] == invited["id"]
-    assert first["token"] == await _token_in_db(pg_dsn, invited["id"])
-
-
-async def _token_in_db(pg_dsn: str, customer_id: str) -> str:
-    from journal import PostgresJournal
-
-    journal = await PostgresJournal.connect(pg_dsn)
-    try:
-        return await invitation_token(journal, customer_id)
-    finally:
-        await journal.aclose()
-
-
-async def test_a_refused_delivery_fails_the_workflow_and_an_operator_retry_resumes_it(
-    pg_dsn: str,
-) -> None:
-    refuse = True
-
-    async def receive(request: web.Request) -> web.Response:
-        return web.Response(status=400 if refuse else 204)
-
-    receiver = web.Application()
-    receiver.router.add_post("/hook", receive)
-    async with TestServer(receiver) as hook, WebhookCommunicator(str(hook.make_url("/hook"))
-                                                                ) as communicator:
-        async with serving(pg_dsn, communicator=communicator) as served:
-            client = served.client
-            _, invited = await _invite(served, "no@example.com")
-            detail = await (await client.get(f"/workflows/{invited['workflow_id']}")).json()
-            child = detail["children"][0]["id"]
-
-            async def status_of_child() -> str | None:
-                reply = await (await client.get(f"/workflows/{child}")).json()
-                return reply["status"] if reply["status"] in ("failed", "completed") else None
-
-            assert await eventually(status_of_child) == "failed"
-            failed = await (await client.get(f"/workflows/{child}")).json()
-            assert "refused the message with 400" in failed["error"]
-
-            refuse = False
-            retried = await client.post(f"/workflows/{child}/retry")
-            assert retried.status == 202
-            assert await eventually(status_of_child) == "completed"
-
-
-# -- the command line ------------------------------------------------------------------------
-
-
-def test_a_public_host_without_a_token_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        parse_config(["--host", "0.0.0.0"], environ={})
-    assert exit_info.value.code == 2
-    assert "without an API token" in capsys.readouterr().err
-    config = parse_config(["--host", "0.0.0.0"], environ={"RETINUE_API_TOKEN": "t",
-                                                         "RETINUE_VERIFICATION_TTL": "60"})
-    assert (config.api_token, config.verification_ttl) == ("t", 60.0)
-
-
-async def test_python_server_py_serves_and_stops_cleanly_on_sigterm(
-    pg_dsn: str, tmp_path: Path
-) -> None:
-    server = ServerProcess(database_url=pg_dsn, log=tmp_path / "server.log", name="solo")
-    try:
-        await server.start()  # --port 0: its JSON line says which port it bound
-        assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}"
-        assert server.node == "solo"
-        log = server.log.read_text()
-        assert f"retinue listening on {server.url}\n" in log
-        assert json.dumps({"event": "listening", "url": server.url, "node": "solo"},
-                          separators=(",", ":")) in log
-        async with aiohttp.ClientSession(server.url) as session:
-            async with session.get("/readyz") as ready:
-                assert ready.status == 200
-            async with session.post("/customers/invite", json={"email": "p@x.io"}) as reply:
-                assert reply.status == 200, await reply.text()
-        assert await server.terminate(within=20) == 0, log
-    finally:
-        await server.aclose()
