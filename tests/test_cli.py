@@ -11,10 +11,6 @@ import pytest
 from bench.processes import ServerProcess
 from server import parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-
 # -- the command line ------------------------------------------------------------------------
 
 
