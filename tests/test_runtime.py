@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -221,13 +222,16 @@ async def test_a_signal_sent_after_the_deadline_does_not_beat_the_timer(journal:
         wake = await ctx.wait_for_signal("go", timeout=0.2)
         return wake.timed_out
 
-    async with Runtime(journal) as rt:
+    # The journal stamps the signal on its own (real) clock; the runtime's virtual one
+    # starts an hour back, so the deadline has passed for the journal once it is due.
+    clock = VirtualClock(datetime.now(UTC) - timedelta(hours=1))
+    async with Runtime(journal, clock=clock) as rt:
         rt.register(flow)
         rt.register(blocker)
         row, _ = await rt.start_workflow("flow", None, actor_key="a:1")
         await wait_status(journal, row.id, "waiting")
         await rt.start_workflow("blocker", None, actor_key="a:1")
-        await anyio.sleep(0.4)
+        await clock.advance(0.4)  # the timer is due; the actor is busy with the blocker
         await rt.signal(row.id, "go", "too late")
         busy.set()
         done = await rt.wait_for_finish(row.id, 5)

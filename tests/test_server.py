@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
 from bench.polling import eventually
-from runtime import RestartPolicy, WorkflowContext
+from runtime import RestartPolicy, VirtualClock, WorkflowContext
 from tests.server_support import Served, invitation_token, serving, workflow_count
 from tests.support import wait_status
 
@@ -161,10 +160,13 @@ async def test_verify_with_the_right_token_verifies_and_welcomes(served: Served)
 
 
 async def test_an_expired_invitation_cannot_be_verified(pg_dsn: str) -> None:
-    async with serving(pg_dsn, verification_ttl=timedelta(seconds=0.3)) as served:
+    clock = VirtualClock()
+    async with serving(pg_dsn, clock=clock) as served:  # the default 7-day expiry
         _, invited = await _invite(served, "old@example.com")
         customer_id = invited["id"]
         token = await invitation_token(served.journal, customer_id)
+        await wait_status(served.journal, invited["workflow_id"], "waiting")
+        await clock.advance(days=7)
 
         async def expired() -> bool:
             reply = await served.client.get(f"/customers/{customer_id}")
