@@ -68,7 +68,7 @@ def revision() -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "runtime", "journal",
-                                "actors", "server.py"], cwd=root, capture_output=True,
+                                "actors", "edge", "server.py"], cwd=root, capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
