@@ -163,8 +163,10 @@ class Placement:
     ) -> None:
         """Queue `message` on its actor if this node owns its partition; else wake
         the owner (in the background) and forget it here. `watched`: a caller
-        here will wait for the workflow's events or end. One Run per workflow at a
-        time: if one is queued or running (or the workflow is being accepted,
+        here waits for the workflow's events or end, so a wake-up sent to another
+        owner asks it for news (a Run kept here needs none: memory wakes local
+        waiters; `watch` registers callers on other nodes). One Run per workflow
+        at a time: if one is queued or running (or the workflow is being accepted,
         unless this is that acceptance's own Run: `reserved`), it is run again
         once that one is done instead."""
         workflow_id = message.workflow_id
@@ -175,8 +177,6 @@ class Placement:
             return
         if workflow_id in self.scheduled and not reserved:
             self.scheduled[workflow_id] = True
-            if watched:
-                self._watched.add(workflow_id)
             self._no_longer_here(message)
             return
         actor = self.actors.get(actor_key)
@@ -199,7 +199,6 @@ class Placement:
 
     def _send_to_owner(self, actor_key: str, message: Run, watched: bool) -> None:
         self._no_longer_here(message)  # it will not run here: not in flight here either
-        assert self._tg is not None
         payload = wake_payload(actor_key, message.workflow_id, watched=watched)
         self._post_wake(payload)
 
