@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, NoReturn, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -184,8 +184,7 @@ class WorkflowContext:
         timer, so the actor handles other messages meanwhile)."""
         assert recorded.fire_at is not None
         if self._now() < recorded.fire_at:
-            self._host.timer_set(self.workflow_id, self.actor_key, recorded.fire_at)
-            raise Suspended
+            self._suspend(recorded.fire_at)
 
     async def _attempt(
         self,
@@ -231,8 +230,7 @@ class WorkflowContext:
                 seq, name, "step", "backoff", attempt, started_at, error=last_error,
                 fire_at=fire_at, history=history,
             ), status="waiting")
-            self._host.timer_set(self.workflow_id, self.actor_key, fire_at)
-            raise Suspended from None
+            self._suspend(fire_at)
         self._host.step_finished(self._row.name, name, "ok", time.perf_counter() - began)
         if history:
             history.append(_try(attempt, first, attempt_began, self._now(), None))
@@ -372,8 +370,13 @@ class WorkflowContext:
             record = self._record(seq, step_name, "wait", "started", 1, started_at,
                                   fire_at=fire_at, input=signal)
             await self._commit(record, status="waiting")
-        if fire_at is not None:
-            self._host.timer_set(self.workflow_id, self.actor_key, fire_at)
+        self._suspend(fire_at)
+
+    def _suspend(self, until: datetime | None) -> NoReturn:
+        """Leave the actor until `until` (a durable timer, armed here; None: until
+        a signal) or until something else wakes the workflow."""
+        if until is not None:
+            self._host.timer_set(self.workflow_id, self.actor_key, until)
         raise Suspended
 
     async def _wake(
