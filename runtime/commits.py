@@ -101,35 +101,30 @@ class Committer(RunHost):
     # -- appends --------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> None:
-        """Append `batch`, waiting out a database outage (with backoff) meanwhile."""
-        outages = 0
-        while True:
-            began = time.perf_counter()
-            try:
-                # Sent again after an outage, the very same batch is a no-op if its
-                # first try landed with the answer lost: the journal makes it so.
-                await self.journal.append(batch)
-            except JournalUnavailableError:
-                outages += 1
-                self.ready = False
-                self._metrics.journal_unavailable.inc()
-                await anyio.sleep(unavailable_backoff(outages))
-                continue
-            except FencedError as exc:
-                self._fenced(batch)
-                raise PartitionLost(batch.partition) from exc
-            except StaleRunError as exc:
-                if batch.run is None:
-                    raise
-                raise RunSuperseded(batch.run.workflow_id) from exc
-            self._metrics.journal_append.observe(time.perf_counter() - began)
-            if not self.ready and self.accepting:
-                # The journal answers again. Not only after this commit's own outage:
-                # the commits that saw it may all have been fenced since (an outage
-                # longer than the lease TTL moves every partition), and then only
-                # the recovered runs' commits are left to say so.
-                self.ready = True
-            return
+        """Append `batch`, waiting out a database outage (with backoff) meanwhile.
+        Sent again after an outage, the very same batch is a no-op if its first
+        try landed with the answer lost: the journal makes it so."""
+        await self.outlast(lambda: self._append(batch))
+        if not self.ready and self.accepting:
+            # The journal answers again. Not only after this commit's own outage:
+            # the commits that saw it may all have been fenced since (an outage
+            # longer than the lease TTL moves every partition), and then only
+            # the recovered runs' commits are left to say so.
+            self.ready = True
+
+    async def _append(self, batch: Batch) -> None:
+        """One try; a refusal becomes the control flow that stops the run."""
+        began = time.perf_counter()
+        try:
+            await self.journal.append(batch)
+        except FencedError as exc:
+            self._fenced(batch)
+            raise PartitionLost(batch.partition) from exc
+        except StaleRunError as exc:
+            if batch.run is None:
+                raise
+            raise RunSuperseded(batch.run.workflow_id) from exc
+        self._metrics.journal_append.observe(time.perf_counter() - began)
 
     def _fenced(self, batch: Batch) -> None:
         """The journal refused `batch`: another node owns its partition now."""
@@ -138,13 +133,15 @@ class Committer(RunHost):
             self._cluster.lost([batch.partition], f"an append at epoch {batch.epoch} was fenced")
 
     async def outlast(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """`call()`, again and again (with backoff) while the database is away."""
+        """`call()`, again and again (with backoff) while the database is away;
+        meanwhile the runtime is not ready."""
         outages = 0
         while True:
             try:
                 return await call()
             except JournalUnavailableError:
                 outages += 1
+                self.ready = False
                 self._metrics.journal_unavailable.inc()
                 await anyio.sleep(unavailable_backoff(outages))
 
@@ -171,7 +168,8 @@ class Committer(RunHost):
         self._cancelling.add(workflow_id)
 
     def clear_cancelling(self, workflow_id: str) -> None:
-        """The workflow ended here."""
+        """A Run of the workflow ended here (its journal row keeps the request
+        for the next one)."""
         self._cancelling.discard(workflow_id)
 
     # -- the actor's event log --------------------------------------------------------
