@@ -30,7 +30,7 @@ from journal import (
 )
 
 from .clock import Clock
-from .codec import from_json_value, return_type_of, to_json_value
+from .codec import decode_recorded, return_type_of, to_json_value
 from .errors import NonDeterminismError, NonRetryableError, StepFailedError, WorkflowCancelledError
 from .policy import DEFAULT_RETRY, RetryPolicy
 from .store import Reader, WriteSet
@@ -168,7 +168,7 @@ class WorkflowContext:
         """
         seq, recorded = self._next("step", name)
         if recorded is not None and recorded.status == "completed":
-            return from_json_value(recorded.output, return_type_of(fn))
+            return self._recorded_output(recorded, fn)
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
@@ -178,6 +178,14 @@ class WorkflowContext:
         # spends one; an operator's retry starts a new round of the policy's tries.
         attempt = 1 if recorded is None else recorded.attempt + 1
         return await self._attempt(seq, name, fn, args, retry, effect, attempt, recorded)
+
+    def _recorded_output(self, recorded: StepRecord, fn: Callable[..., Any]) -> Any:
+        """A replayed step's output as `fn` declares it today (older code may have
+        recorded it in another shape); raises PayloadDecodeError if it no longer fits."""
+        return decode_recorded(
+            recorded.output, return_type_of(fn), workflow_id=self.workflow_id,
+            where=f"the output of step {recorded.name!r} (seq {recorded.seq})",
+        )
 
     def _await_backoff(self, recorded: StepRecord) -> None:
         """A step backing off: suspend until its next attempt is due (a durable
@@ -259,7 +267,7 @@ class WorkflowContext:
         step is then recorded failed, and replay raises StepFailedError)."""
         seq, recorded = self._next("write", name)
         if recorded is not None and recorded.status == "completed":
-            return from_json_value(recorded.output, return_type_of(fn))  # type: ignore[no-any-return]
+            return self._recorded_output(recorded, fn)  # type: ignore[no-any-return]
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
