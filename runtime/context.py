@@ -342,12 +342,24 @@ class WorkflowContext:
 
     # -- durable waits ---------------------------------------------------------
 
-    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Wakeup:
+    async def wait_for_signal(
+        self, name: str, *, timeout: float | None = None, payload_type: Any = None
+    ) -> Wakeup:
         """Wait durably for the signal `name`, or for `timeout` seconds.
 
         The actor handles other messages meanwhile; the wait and its timer
-        survive restarts; each signal is consumed exactly once."""
-        return await self._wait(f"signal:{name}", name, timeout)
+        survive restarts; each signal is consumed exactly once. With
+        `payload_type`, the payload comes decoded as that type (a Struct: fields
+        it does not know are ignored, missing ones take their defaults); one that
+        does not decode fails the workflow with PayloadDecodeError naming the signal."""
+        wakeup = await self._wait(f"signal:{name}", name, timeout)
+        if payload_type is None or wakeup.timed_out:
+            return wakeup
+        payload = decode_recorded(
+            wakeup.payload, payload_type, workflow_id=self.workflow_id,
+            where=f"the payload of signal {name!r} (seq {self._seq})",
+        )
+        return msgspec.structs.replace(wakeup, payload=payload)
 
     async def sleep(self, seconds: float) -> None:
         """A durable timer: sleep `seconds`, across restarts if need be."""

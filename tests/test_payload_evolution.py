@@ -139,9 +139,8 @@ class Deploy:
     def v2(self, quote_fn: Any) -> Any:
         async def order(ctx: WorkflowContext, order: OrderV2) -> Any:
             quote = await ctx.step("quote", quote_fn, order)
-            wake = await ctx.wait_for_signal("approve")
-            approval = msgspec.convert(wake.payload, ApprovalV2)
-            self.seen.append((order, quote, approval))
+            wake = await ctx.wait_for_signal("approve", payload_type=ApprovalV2)
+            self.seen.append((order, quote, wake.payload))
             return quote
 
         return order
@@ -253,6 +252,24 @@ async def test_an_input_that_no_longer_decodes_fails_the_workflow_naming_it(
     assert done is not None and done.status == "failed"
     assert "its input" in (done.error or "") and "at `$.quantity`" in (done.error or "")
     assert deploy.quotes == 0
+
+
+async def test_a_signal_payload_that_no_longer_decodes_fails_the_workflow_naming_it(
+    journal: Journal,
+) -> None:
+    old, new = Deploy(), Deploy()
+    async with _deployed(journal, order=old.v1) as rt:
+        row, _ = await rt.start_workflow("order", OrderV1(sku="lamp", gift_wrap=False),
+                                         actor_key="shop:1")
+        await wait_status(journal, row.id, "waiting")
+    # Stored by older code, whose `approved_by` was a user number.
+    await journal.send_signal(row.id, "approve", {"approved_by": 7, "note": ""})
+    async with _deployed(journal, order=new.v2(new.quote_v2)) as rt:
+        done = await rt.wait_for_finish(row.id, 5)
+    assert done is not None and done.status == "failed"
+    assert "the payload of signal 'approve' (seq 2)" in (done.error or "")
+    assert "ApprovalV2" in (done.error or "") and "at `$.approved_by`" in (done.error or "")
+    assert new.seen == []
 
 
 def test_a_renamed_field_with_a_default_silently_loses_the_stored_value() -> None:
