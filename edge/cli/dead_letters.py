@@ -18,19 +18,22 @@ from .target import Target
 
 __all__ = ["register"]
 
-_EXAMPLES: Final = """\
+_LIST_EXAMPLES: Final = """\
   retinue dead-letters list
   retinue dead-letters list --json
+  retinue dead-letters list --url http://127.0.0.1:8080"""
+_REDELIVER_EXAMPLES: Final = """\
   retinue dead-letters redeliver 12                 its workflow is retried
   retinue dead-letters redeliver 12 --url http://127.0.0.1:8080"""
 
 
 def register(commands: Commands) -> None:
-    group = commands.group("dead-letters", "list and redeliver dead letters", _EXAMPLES)
+    group = commands.group("dead-letters", "list and redeliver dead letters",
+                           f"{_LIST_EXAMPLES}\n{_REDELIVER_EXAMPLES}")
     group.add("list", _list, help="dead letters not yet redelivered, oldest first",
-              examples=_EXAMPLES)
+              examples=_LIST_EXAMPLES)
     redeliver = group.add("redeliver", _redeliver, help="send a dead letter to its actor again",
-                          examples=_EXAMPLES)
+                          examples=_REDELIVER_EXAMPLES)
     redeliver.add_argument("id", type=int, help="the dead letter's id (see `list`)")
 
 
