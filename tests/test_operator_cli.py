@@ -28,6 +28,7 @@ from edge import cli
 from journal import EmbeddedPostgres, NewWorkflow, PostgresJournal
 from runtime import partition_of
 from runtime.cluster import wake_payload
+from server import main as server_main
 
 
 class Webhook:
@@ -363,7 +364,58 @@ def test_every_command_has_help_with_examples_and_exit_codes(
         assert "3  cannot reach the database or the server" in help_text
 
 
+class _OddServer:
+    """A server that answers what a Retinue server should not: a 401, a body that
+    is not the reply, an error that is not JSON."""
+
+    @staticmethod
+    async def unauthorized(request: web.Request) -> web.Response:
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+
+    @staticmethod
+    async def garbled(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a proxy's page</html>")
+
+    @staticmethod
+    async def bad_gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="bad gateway")
+
+
+async def test_odd_answers_from_url_are_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    app = web.Application()
+    app.router.add_get("/workflows", _OddServer.unauthorized)
+    app.router.add_get("/dead-letters", _OddServer.garbled)
+    app.router.add_post("/workflows/w1/cancel", _OddServer.bad_gateway)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        assert (await retinue("workflows", "list", "--url", url, database=""))[0] == 1
+        assert "check --token" in capsys.readouterr().err
+        assert (await retinue("dead-letters", "list", "--url", url, database=""))[0] == 1
+        assert "does not understand" in capsys.readouterr().err
+        assert (await retinue("workflows", "cancel", "w1", "--url", url, database=""))[0] == 1
+        assert "502: bad gateway" in capsys.readouterr().err
+    finally:
+        await runner.cleanup()
+
+
 # -- the program: `python server.py CMD` and `retinue` ------------------------------------------
+
+
+def test_serving_is_the_default_command() -> None:
+    assert not cli.wants_cli([]) and not cli.wants_cli(["--port", "0"])
+    assert not cli.wants_cli(["serve", "--port", "0"])
+    assert cli.wants_cli(["--help"]) and cli.wants_cli(["nodes"]) and cli.wants_cli(["typo"])
+
+
+def test_server_main_dispatches_operator_commands(tmp_path: Path) -> None:
+    # No database in that folder: exit 3, through server.main and the blocking cli.main.
+    assert server_main(["nodes", "--data-dir", str(tmp_path)]) == 3
+    assert cli.main(["workflows", "list", "--data-dir", str(tmp_path)], {}) == 3
+
 
 
 async def test_server_py_runs_operator_commands_and_serving_stays_the_default(

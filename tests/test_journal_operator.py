@@ -1,6 +1,7 @@
-"""`rebuild_documents`: a projection swapped in from the event log, atomically, and
-never losing a row a write committed while the rebuild ran (`retinue
-rebuild-projections` is safe while servers run)."""
+"""What the operator CLI reads and does through the journal: `cluster_view` (the
+nodes and leases, without heartbeating), and `rebuild_documents` (a projection
+swapped in from the event log, atomically, never losing a row a write committed
+while the rebuild ran: `retinue rebuild-projections` is safe while servers run)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def _fold(events: Sequence[DomainEvent]) -> list[Document]:
 
 async def _counters(journal: Journal) -> dict[str, int]:
     return {d.id: d.data["v"] for d in await journal.list_documents("counter")}
+
+
+async def test_cluster_view_is_what_a_heartbeat_sees_without_heartbeating(
+    journal: Journal,
+) -> None:
+    assert (await journal.cluster_view(stale_after=2.0)).live_nodes == ()
+    seen = await journal.heartbeat("n1", 5.0, stale_after=2.0)
+    await journal.acquire_leases("n1", [0, 1], 5.0, stale_after=2.0)
+    view = await journal.cluster_view(stale_after=2.0)
+    assert view.live_nodes == seen.live_nodes == ("n1",)
+    assert [(lease.owner, lease.epoch) for lease in view.leases[:3]] == [
+        ("n1", 1), ("n1", 1), ("", 0)]
+    await journal.leave("n1")
+    assert (await journal.cluster_view(stale_after=2.0)).live_nodes == ()
 
 
 async def test_a_rebuild_swaps_the_kinds_it_names_from_the_log(journal: Journal) -> None:
