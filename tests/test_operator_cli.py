@@ -7,6 +7,7 @@ with --url, through the running server's HTTP API; a few run as real
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -314,7 +315,6 @@ async def test_an_unknown_id_or_a_refusal_exits_1(
     ["workflows", "list", "--status", "sleeping"],
     ["workflows", "list", "--since", "yesterday"],
     ["dead-letters", "redeliver", "twelve"],
-    ["nodes", "--url", "http://127.0.0.1:8080"],  # nodes reads the database only
 ])
 async def test_bad_usage_exits_2(argv: list[str], database: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -322,10 +322,37 @@ async def test_bad_usage_exits_2(argv: list[str], database: str) -> None:
     assert exit_info.value.code == 2
 
 
-async def test_bad_values_the_journal_sees_exit_2(database: str) -> None:
+async def test_bad_values_the_journal_sees_exit_2(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     for argv in (["--cursor", "not-a-cursor"], ["--customer", "nobody"],
                  ["--customer", "not-an-email@"], ["--actor", "a", "--customer", "b@c.io"]):
         assert (await retinue("workflows", "list", *argv, database=database))[0] == 2
+    for command in ("nodes", "rebuild-projections"):  # no route: the database only
+        assert (await retinue(command, "--url", "http://127.0.0.1:8080", database=database)
+                )[0] == 2
+        assert f"`retinue {command}` has no HTTP route" in capsys.readouterr().err
+
+
+async def _count(args: argparse.Namespace, target: cli.Target) -> cli.Output:
+    workflows = await target.database().count_workflows_by_status()
+    return cli.Output(workflows, f"{sum(workflows.values())} workflows")
+
+
+def _register_count(commands: cli.Commands) -> None:
+    """What another module adds: a subcommand in an existing group."""
+    commands.group("workflows").add("count", _count, help="count them", server=False,
+                                    examples="  retinue workflows count")
+
+
+async def test_a_module_adds_a_subcommand_to_an_existing_group(database: str) -> None:
+    parser = cli.program.build_parser([*cli.GROUPS, _register_count], {})
+    out = io.StringIO()
+    code = await cli.program.run(parser, ["workflows", "count", "--json"],
+                                 {"DATABASE_URL": database}, out)
+    assert code == 0 and isinstance(json.loads(out.getvalue()), dict)
+    with pytest.raises(SystemExit):  # and the group's other commands are still there
+        await cli.program.run(parser, ["workflows", "list", "--help"], {}, out)
 
 
 async def test_an_unreachable_database_or_server_exits_3(

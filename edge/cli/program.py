@@ -55,15 +55,21 @@ class Commands:
                  environ: Mapping[str, str]) -> None:
         self._subparsers = subparsers
         self._environ = environ
+        self._groups: dict[str, Commands] = {}
 
-    def group(self, name: str, help: str, examples: str) -> Commands:
-        """A command with subcommands of its own (`retinue workflows list`)."""
+    def group(self, name: str, help: str = "", examples: str = "") -> Commands:
+        """A command with subcommands of its own (`retinue workflows list`). Asking
+        again for a group made before returns it (its help stays the first one's):
+        another module may add a subcommand to it (`workflows fork`)."""
+        if name in self._groups:
+            return self._groups[name]
         parser = self._subparsers.add_parser(
             name, help=help, description=help, epilog=_epilog(examples),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-        return Commands(sub, self._environ)
+        self._groups[name] = Commands(sub, self._environ)
+        return self._groups[name]
 
     def add(self, name: str, run: Run, *, help: str, examples: str,
             description: str | None = None, server: bool = True) -> argparse.ArgumentParser:
@@ -74,7 +80,7 @@ class Commands:
             name, help=help, description=description or help, epilog=_epilog(examples),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        parser.set_defaults(run=run, server=server)
+        parser.set_defaults(run=run, server=server, command=parser.prog)
         self._common_options(parser, server)
         return parser
 
@@ -86,10 +92,10 @@ class Commands:
         where.add_argument("--data-dir", default="./.retinue/pg",
                            help="the embedded PostgreSQL's folder, when DATABASE_URL is not "
                            "set (default ./.retinue/pg); used as is if a server runs it")
+        where.add_argument("--url", default=None,
+                           help="act through the HTTP API of the server at this URL instead "
+                           "of on the database" if server else argparse.SUPPRESS)
         if server:
-            where.add_argument("--url", default=None,
-                               help="act through the HTTP API of the server at this URL "
-                               "instead of on the database")
             where.add_argument("--token", default=env.get("RETINUE_OPERATOR_TOKEN")
                                or env.get("RETINUE_API_TOKEN") or None,
                                help="bearer token for --url (default: $RETINUE_OPERATOR_TOKEN, "
@@ -145,8 +151,10 @@ async def run(
 
 
 async def _execute(args: argparse.Namespace, environ: Mapping[str, str]) -> Output:
-    url = getattr(args, "url", None)
-    async with open_target(url=url, token=getattr(args, "token", None),
+    if args.url and not args.server:
+        raise UsageError(f"`{args.command}` has no HTTP route: it works on the database. "
+                         "Drop --url; set DATABASE_URL, or --data-dir on the server's machine")
+    async with open_target(url=args.url, token=getattr(args, "token", None),
                            database_url=environ.get("DATABASE_URL") or None,
                            data_dir=args.data_dir) as target:
         try:
