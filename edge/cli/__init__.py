@@ -3,7 +3,8 @@ default command and lives in server.py.
 
 One module per command group; each has `register(commands)`. To add a command:
 write its module (a `register` that calls `commands.add(name, run, help=...,
-examples=...)`, and `async def run(args, target) -> Output`), then add its
+examples=...)`, or `commands.group("workflows").add(...)` to join a group made
+by another module, and `async def run(args, target) -> Output`), then add its
 `register` to GROUPS below.
 """
 
