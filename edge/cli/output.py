@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Output", "ago", "cell", "table"]
+__all__ = ["Output", "cell", "table", "took"]
 
 
 class Output(msgspec.Struct, frozen=True):
@@ -35,7 +35,7 @@ def cell(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def ago(start: datetime | None, end: datetime | None) -> str:
+def took(start: datetime | None, end: datetime | None) -> str:
     """The time from `start` to `end` ("1.25s"), or "-" if either is missing."""
     if start is None or end is None:
         return "-"

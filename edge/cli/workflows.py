@@ -23,7 +23,7 @@ from journal import WorkflowNotFoundError
 from runtime import Operator
 
 from .errors import UsageError
-from .output import Output, ago, cell, table
+from .output import Output, cell, table, took
 from .program import Commands
 from .target import Target
 
@@ -97,9 +97,9 @@ async def _list(args: argparse.Namespace, target: Target) -> Output:
             cursor=args.cursor, created_since=args.since, created_before=args.until)
         reply = WorkflowsReply(workflows=[workflow_summary(row) for row in page.workflows],
                                next_cursor=page.next_cursor)
-    rows = [(w.id, w.name, w.status, w.actor_key, w.created_at, ago(w.created_at, w.updated_at))
+    rows = [(w.id, w.name, w.status, w.actor_key, w.created_at, w.updated_at)
             for w in reply.workflows]
-    text = table(("ID", "NAME", "STATUS", "ACTOR", "CREATED", "AGE AT UPDATE"), rows)
+    text = table(("ID", "NAME", "STATUS", "ACTOR", "CREATED", "UPDATED"), rows)
     text += f"\n{len(rows)} workflow(s)"
     if reply.next_cursor:
         text += f"; more with --cursor {reply.next_cursor}"
@@ -154,15 +154,16 @@ async def _read(target: Target, workflow_id: str) -> WorkflowReply:
 def _describe(w: WorkflowReply) -> str:
     facts = [("id", w.id), ("name", w.name), ("status", w.status), ("actor", w.actor_key),
              ("parent", w.parent_id), ("created", w.created_at), ("updated", w.updated_at),
-             ("took", ago(w.created_at, w.updated_at)), ("cancel requested", w.cancel_requested),
+             ("took", took(w.created_at, w.updated_at)),
+             ("cancel requested", w.cancel_requested),
              ("error", w.error), ("trace", w.trace_id)]
     lines = [f"{name + ':':<18}{cell(value, 100)}" for name, value in facts]
     steps = [(s.seq, s.name, s.kind, s.status, s.attempt, s.started_at,
-              ago(s.started_at, s.finished_at), s.error) for s in w.steps]
+              took(s.started_at, s.finished_at), s.error) for s in w.steps]
     lines += ["", f"steps ({len(steps)}):",
               table(("SEQ", "NAME", "KIND", "STATUS", "ATTEMPT", "STARTED", "TOOK", "ERROR"),
                     steps)]
-    children = [(c.id, c.name, c.status, ago(c.created_at, c.updated_at)) for c in w.children]
+    children = [(c.id, c.name, c.status, took(c.created_at, c.updated_at)) for c in w.children]
     lines += ["", f"children ({len(children)}):",
               table(("ID", "NAME", "STATUS", "TOOK"), children)]
     return "\n".join(lines)
