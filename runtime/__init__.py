@@ -19,6 +19,14 @@ from .errors import (
 from .faults import CrashingJournal, DelegatingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
+from .retention import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RETENTION,
+    PruneCounts,
+    Pruner,
+    RetentionSettings,
+    prune_journal,
+)
 from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 from .tracing import (
@@ -33,6 +41,8 @@ from .tracing import (
 )
 
 __all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "DEFAULT_RETENTION",
     "SYSTEM_CLOCK",
     "Clock",
     "LoopClock",
@@ -45,8 +55,11 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "OverloadedError",
+    "PruneCounts",
+    "Pruner",
     "Reader",
     "RestartPolicy",
+    "RetentionSettings",
     "RetinueError",
     "RetryPolicy",
     "Runtime",
@@ -68,6 +81,7 @@ __all__ = [
     "otlp_exporter_from_env",
     "parse_trace_ref",
     "parse_traceparent",
+    "prune_journal",
     "partition_of",
     "read_event_log",
     "replace_projection",
