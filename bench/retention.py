@@ -4,8 +4,10 @@ showing that the journal's per-workflow tables stay flat instead of growing.
 One `python server.py` on a fresh bench database with RETINUE_RETENTION (default
 5 s), RETINUE_PRUNE_INTERVAL (1 s), RETINUE_IDEMPOTENCY_TTL (10 s) and
 RETINUE_VERIFICATION_TTL (2 s, so that every invite ends, as expired, soon
-after it starts). The load generator sends `--rate` invites/s for `--seconds`
-(distinct emails; every other one with an Idempotency-Key). Every
+after it starts, unless verified). The load generator sends `--rate` invites/s
+for `--seconds` (distinct emails; every other one with an Idempotency-Key), and
+verifies every fourth customer at once with the token from the event log (a
+signal to the invite workflow). Every
 `--sample-every` seconds it records, per table (steps, signals,
 workflow_events, workflows, events), the row count and pg_total_relation_size,
 and the server's retinue_pruned_workflows_total. Steps, signals and workflow
@@ -27,6 +29,8 @@ import aiohttp
 import anyio
 import asyncpg
 
+from actors import customer_actor_key
+
 from .common import bench_database, emit, machine
 from .http import log_path, stop_server
 from .processes import ServerProcess
@@ -35,9 +39,12 @@ TABLES: Final = ("steps", "signals", "workflow_events", "workflows", "events")
 # The tables retention empties; they should level off.
 PRUNED_TABLES: Final = ("steps", "signals", "workflow_events")
 _PRUNED_METRIC: Final = re.compile(r"^retinue_pruned_workflows_total (\S+)$", re.MULTILINE)
+_TOKEN: Final = """
+SELECT payload->>'token' FROM events WHERE actor_key = $1 AND type = 'CustomerInvited'
+"""
 
 
-async def _sample(conn: asyncpg.Connection[asyncpg.Record], session: aiohttp.ClientSession,
+async def _sample(conn: asyncpg.Pool[asyncpg.Record], session: aiohttp.ClientSession,
                   url: str, began: float, sent: int) -> dict[str, Any]:
     tables: dict[str, Any] = {}
     for table in TABLES:
@@ -53,8 +60,8 @@ async def _sample(conn: asyncpg.Connection[asyncpg.Record], session: aiohttp.Cli
             "tables": tables}
 
 
-async def _load(session: aiohttp.ClientSession, url: str, rate: float, seconds: float,
-                statuses: Counter[str], sent: list[int]) -> None:
+async def _load(session: aiohttp.ClientSession, pool: asyncpg.Pool[asyncpg.Record], url: str,
+                rate: float, seconds: float, statuses: Counter[str], sent: list[int]) -> None:
     """`rate` invites/s for `seconds`, paced from the start (a slow answer does
     not slow the pace: up to 64 are in flight)."""
     limit = anyio.CapacityLimiter(64)
@@ -67,8 +74,10 @@ async def _load(session: aiohttp.ClientSession, url: str, rate: float, seconds: 
                 async with session.post(f"{url}/customers/invite", headers=headers,
                                         json={"email": f"soak-{uuid.uuid4().hex}@example.com"}
                                         ) as reply:
-                    await reply.read()
+                    body = await reply.json()
                     statuses[str(reply.status)] += 1
+                if n % 4 == 0 and reply.status == 200:
+                    await _verify(session, pool, url, body["id"], statuses)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 statuses[f"error:{type(exc).__name__}"] += 1
 
@@ -81,6 +90,15 @@ async def _load(session: aiohttp.ClientSession, url: str, rate: float, seconds: 
             tg.start_soon(invite, n)
             n += 1
             sent[0] = n
+
+
+async def _verify(session: aiohttp.ClientSession, pool: asyncpg.Pool[asyncpg.Record], url: str,
+                  customer_id: str, statuses: Counter[str]) -> None:
+    token = await pool.fetchval(_TOKEN, customer_actor_key(customer_id))
+    async with session.post(f"{url}/customers/{customer_id}/verify",
+                            json={"token": token}) as reply:
+        await reply.read()
+        statuses[f"verify:{reply.status}"] += 1
 
 
 def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,11 +129,11 @@ async def run(seconds: float, rate: float, retention: float, interval: float, tt
             statuses: Counter[str] = Counter()
             sent = [0]
             samples: list[dict[str, Any]] = []
-            conn = await asyncpg.connect(dsn)
+            conn = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
             try:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     began = time.perf_counter()
-                    tg.start_soon(_load, session, server.url, rate, seconds, statuses, sent)
+                    tg.start_soon(_load, session, conn, server.url, rate, seconds, statuses, sent)
                     while time.perf_counter() - began < seconds:
                         samples.append(await _sample(conn, session, server.url, began, sent[0]))
                         await anyio.sleep(sample_every)
