@@ -40,14 +40,17 @@ chosen AS (
     SELECT id FROM workflows
     WHERE status IN ('completed', 'failed', 'cancelled') AND pruned_at IS NULL
       AND idempotency_key IS NULL AND updated_at < $1"""
+# The ids go to each table as one array (`= ANY`): the planner cannot tell how
+# many rows `chosen` has, and as a join it may hash a sequential scan of all of
+# steps; an array probes the primary keys (and signals_workflow), always.
 _PRUNE_REST: Final = """
     LIMIT $2 FOR UPDATE SKIP LOCKED
 ),
-steps_gone AS (DELETE FROM steps WHERE workflow_id IN (SELECT id FROM chosen)),
-signals_gone AS (DELETE FROM signals WHERE workflow_id IN (SELECT id FROM chosen)),
-events_gone AS (DELETE FROM workflow_events WHERE workflow_id IN (SELECT id FROM chosen)),
+steps_gone AS (DELETE FROM steps WHERE workflow_id = ANY(ARRAY(SELECT id FROM chosen))),
+signals_gone AS (DELETE FROM signals WHERE workflow_id = ANY(ARRAY(SELECT id FROM chosen))),
+events_gone AS (DELETE FROM workflow_events WHERE workflow_id = ANY(ARRAY(SELECT id FROM chosen))),
 marked AS (
-    UPDATE workflows w SET pruned_at = now() FROM chosen c WHERE w.id = c.id RETURNING 1
+    UPDATE workflows SET pruned_at = now() WHERE id = ANY(ARRAY(SELECT id FROM chosen)) RETURNING 1
 )
 SELECT count(*) FROM marked
 """
@@ -62,7 +65,8 @@ _EXPIRE_REST: Final = """
     LIMIT $2 FOR UPDATE SKIP LOCKED
 ),
 freed AS (
-    UPDATE workflows w SET idempotency_key = NULL FROM chosen c WHERE w.id = c.id RETURNING 1
+    UPDATE workflows SET idempotency_key = NULL
+    WHERE id = ANY(ARRAY(SELECT id FROM chosen)) RETURNING 1
 )
 SELECT count(*) FROM freed
 """

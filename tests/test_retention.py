@@ -16,8 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.polling import eventually
-from journal import Journal, MemoryJournal, WorkflowRow
+from journal import Journal, JournalUnavailableError, MemoryJournal, WorkflowRow
 from runtime import (
+    DelegatingJournal,
     PruneCounts,
     RetentionSettings,
     Runtime,
@@ -128,6 +129,30 @@ async def test_a_node_that_owns_nothing_prunes_nothing(
         assert await rt.pruner.prune_once() == PruneCounts()
     row = await journal.get_workflow(done.id)
     assert row is not None and row.pruned_at is None
+
+
+class _Down(DelegatingJournal):
+    """A journal whose retention calls find the database gone."""
+
+    async def expire_idempotency_keys(self, *args: Any, **kwargs: Any) -> int:
+        raise JournalUnavailableError("the database is down (test)")
+
+
+async def test_an_outage_skips_a_pass_and_the_next_one_catches_up(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory = MemoryJournal(clock=clock.timestamp)
+    down = _Down(memory)
+    settings = RetentionSettings(retention=HOUR, idempotency_ttl=HOUR, interval=60)
+    async with Runtime(down, clock=clock, retention=settings) as rt:
+        rt.register(flow)
+        done = await _finished(rt)
+        await clock.advance(hours=2)
+        assert await rt.pruner.prune_once() == PruneCounts()
+        assert "pruning skipped a pass" in caplog.text
+        down.expire_idempotency_keys = memory.expire_idempotency_keys  # type: ignore[method-assign]
+        assert await rt.pruner.prune_once() in (PruneCounts(workflows=1), PruneCounts())
+        assert await eventually(lambda: _pruned(rt, done.id))
 
 
 async def test_zero_keeps_everything(journal: Journal, clock: VirtualClock) -> None:
