@@ -49,6 +49,10 @@ async def test_the_dashboard_says_a_workflow_was_pruned(pg_dsn: str) -> None:
                 assert await page.locator(".wf-title .pill-pruned").inner_text() == "pruned"
                 facts = await page.locator(".wf-head dl.facts").inner_text()
                 assert "pruned" in facts.lower()  # dt labels are upper-cased by CSS
+                await page.goto(f"{url}#/workflows")
+                listed = page.locator(f'tr[data-id="{workflow_id}"] .pill-pruned')
+                await listed.wait_for()
+                assert await listed.inner_text() == "pruned"
                 assert errors == []
             finally:
                 await browser.close()
