@@ -4,11 +4,14 @@ Import from here; the modules behind it are private.
 """
 
 from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock, VirtualClock
+from .cluster import ClusterSettings
+from .commands import Operator
 from .context import StepInfo, Wakeup, WorkflowContext, current_step
 from .errors import (
     NonDeterminismError,
     NonRetryableError,
     OverloadedError,
+    PayloadDecodeError,
     RetinueError,
     SimulatedCrash,
     StepFailedError,
@@ -27,7 +30,12 @@ from .retention import (
     RetentionSettings,
     prune_journal,
 )
-from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
+from .store import (
+    Reader,
+    WriteSet,
+    event_type_of,
+    rebuild_from_log,
+)
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 from .tracing import (
     Span,
@@ -50,11 +58,14 @@ __all__ = [
     "VirtualClock",
     "DEFAULT_RETRY",
     "NO_RETRY",
+    "ClusterSettings",
     "CrashingJournal",
     "DelegatingJournal",
     "NonDeterminismError",
     "NonRetryableError",
+    "Operator",
     "OverloadedError",
+    "PayloadDecodeError",
     "PruneCounts",
     "Pruner",
     "Reader",
@@ -83,8 +94,7 @@ __all__ = [
     "parse_traceparent",
     "prune_journal",
     "partition_of",
-    "read_event_log",
-    "replace_projection",
+    "rebuild_from_log",
     "trace_ref",
     "trace_spans",
     "workflow_spans",
