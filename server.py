@@ -159,10 +159,18 @@ def _env_seconds(
 def _env_duration(
     parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str, default: float
 ) -> float:
-    """Like _env_seconds, where 0 means "for ever" (keep, never expire)."""
-    if environ.get(name, "").strip() in ("0", "0.0"):
-        return 0.0
-    return _env_seconds(parser, environ, name, default)
+    """Seconds, like _env_seconds, where 0 means "for ever" (keep, never expire)."""
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        parser.error(f"{name}={raw!r} is not a number of seconds (e.g. 604800 for 7 days; "
+                     "0 keeps for ever)")
+    return value
 
 
 def parse_config(
