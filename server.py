@@ -15,7 +15,10 @@ stdout (--port 0 picks a free port; the line tells which).
 
 Environment: DATABASE_URL (else an embedded PostgreSQL in --data-dir),
 RETINUE_API_TOKEN, COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds,
-default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5),
+default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5), RETINUE_RETENTION
+(seconds a finished workflow keeps its steps, default 7 days, 0 for ever),
+RETINUE_IDEMPOTENCY_TTL (seconds an Idempotency-Key answers, default 1 day, 0 for
+ever), RETINUE_PRUNE_INTERVAL (seconds between prune passes, default 60),
 OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra).
 
 GET / is the dashboard: static files (static/) over the JSON API below it.
@@ -44,7 +47,13 @@ from edge import WebhookCommunicator, create_app, open_server
 from edge.cli import main as operator_main
 from edge.cli import wants_cli
 from journal import JournalError, open_journal
-from runtime import Runtime, otlp_exporter_from_env
+from runtime import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RETENTION,
+    RetentionSettings,
+    Runtime,
+    otlp_exporter_from_env,
+)
 
 __all__ = ["ServerConfig", "cli", "main", "parse_config", "run_server"]
 
@@ -66,6 +75,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     webhook_url: str | None = None
     verification_ttl: float = DEFAULT_VERIFICATION_TTL.total_seconds()
     resolve_timeout: float = 5.0
+    retention: RetentionSettings = RetentionSettings()
 
 
 async def run_server(
@@ -84,7 +94,7 @@ async def run_server(
         communicator: Communicator | None = None
         if config.webhook_url:
             communicator = await stack.enter_async_context(WebhookCommunicator(config.webhook_url))
-        runtime = Runtime(journal, registry=CollectorRegistry())
+        runtime = Runtime(journal, registry=CollectorRegistry(), retention=config.retention)
         onboarding = Onboarding(
             communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
@@ -146,6 +156,23 @@ def _env_seconds(
     return value
 
 
+def _env_duration(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str, default: float
+) -> float:
+    """Seconds, like _env_seconds, where 0 means "for ever" (keep, never expire)."""
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        parser.error(f"{name}={raw!r} is not a number of seconds (e.g. 604800 for 7 days; "
+                     "0 keeps for ever)")
+    return value
+
+
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> ServerConfig:
@@ -177,6 +204,12 @@ def parse_config(
         verification_ttl=_env_seconds(parser, env, "RETINUE_VERIFICATION_TTL",
                                       DEFAULT_VERIFICATION_TTL.total_seconds()),
         resolve_timeout=_env_seconds(parser, env, "RETINUE_RESOLVE_TIMEOUT", 5.0),
+        retention=RetentionSettings(
+            retention=_env_duration(parser, env, "RETINUE_RETENTION", DEFAULT_RETENTION),
+            idempotency_ttl=_env_duration(parser, env, "RETINUE_IDEMPOTENCY_TTL",
+                                          DEFAULT_IDEMPOTENCY_TTL),
+            interval=_env_seconds(parser, env, "RETINUE_PRUNE_INTERVAL", 60.0),
+        ),
     )
 
 

@@ -6,8 +6,8 @@ import importlib
 import sys
 
 BENCHES = ["floor", "workflow", "http", "recovery", "memory"]
-# Run only when named: several server processes each, and minutes long.
-ON_DEMAND = ["nodes", "exactly_once"]
+# Run only when named: several server processes each, or minutes long.
+ON_DEMAND = ["nodes", "exactly_once", "retention"]
 
 
 def main() -> None:

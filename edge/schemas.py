@@ -187,6 +187,9 @@ class WorkflowSummary(_Reply, frozen=True):
     trace_id: str
     created_at: datetime
     updated_at: datetime
+    # Set once retention removed its steps, signals and published events (it had
+    # finished longer ago than RETINUE_RETENTION): `steps` is empty then, not lost.
+    pruned_at: datetime | None
 
 
 class StepReply(_Reply, frozen=True):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import anyio
+import msgspec
 
 from .errors import WorkflowNotFoundError
 from .records import (
@@ -64,6 +65,12 @@ class MemoryState:
     def _now(self) -> datetime:
         """Wall time on the journal's clock (PostgreSQL's now())."""
         return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _free_key(self, row: WorkflowRow) -> None:
+        """The row lets go of its idempotency key (expired): another may take it."""
+        if row.idempotency_key is not None:
+            self._by_idempotency_key.pop(row.idempotency_key, None)
+            self._workflows[row.id] = msgspec.structs.replace(row, idempotency_key=None)
 
     def _require(self, workflow_id: str) -> WorkflowRow:
         row = self._workflows.get(workflow_id)

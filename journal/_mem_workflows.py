@@ -22,6 +22,11 @@ def _is_timer(step: StepRecord) -> bool:
     return (step.kind == "wait" and step.status == "started") or step.status == "backoff"
 
 
+def _shown(row: WorkflowRow) -> str:
+    """The status an operator's refusal names: a pruned workflow can never resume."""
+    return "pruned" if row.pruned_at is not None else row.status
+
+
 class MemoryWorkflows(MemoryState, Workflows):
     """Workflows, steps and signals in memory."""
 
@@ -120,7 +125,7 @@ class MemoryWorkflows(MemoryState, Workflows):
         async with self._lock:
             row = self._require(workflow_id)
             if row.status in FINISHED_STATUSES:
-                raise InvalidTransitionError(workflow_id, row.status, "cancel")
+                raise InvalidTransitionError(workflow_id, _shown(row), "cancel")
             marked = []
             pending = [row]
             while pending:
@@ -137,8 +142,8 @@ class MemoryWorkflows(MemoryState, Workflows):
     async def retry_workflow(self, workflow_id: str) -> None:
         async with self._lock:
             row = self._require(workflow_id)
-            if row.status != "failed":
-                raise InvalidTransitionError(workflow_id, row.status, "retry")
+            if row.status != "failed" or row.pruned_at is not None:
+                raise InvalidTransitionError(workflow_id, _shown(row), "retry")
             steps = self._steps.get(workflow_id, {})
             for seq, step in steps.items():
                 if step.status == "failed":

@@ -205,12 +205,18 @@ class MemoryWriter(MemoryState, Writer):
             self._by_idempotency_key[wf.idempotency_key] = wf.id
         return row
 
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
         async with self._lock:
             existing = self._workflows.get(workflow.id)
             if existing is None and workflow.idempotency_key is not None:
                 existing_id = self._by_idempotency_key.get(workflow.idempotency_key)
                 existing = self._workflows.get(existing_id) if existing_id else None
+                if (existing is not None and key_expired_before is not None
+                        and existing.created_at < key_expired_before):
+                    self._free_key(existing)  # expired: the key is this one's now
+                    existing = None
             if existing is not None:
                 return existing, False
             return self._insert_workflow(workflow, self._now()), True

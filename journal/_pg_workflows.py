@@ -72,7 +72,11 @@ ORDER BY w.position"""
 )
 _NEWEST_SIGNAL: Final = "SELECT coalesce(max(id), 0) FROM signals"
 
-_LOCK_WORKFLOW_STATUS: Final = "SELECT status FROM workflows WHERE id = $1 FOR UPDATE"
+# A pruned workflow answers "pruned": its steps are gone, so it can never resume.
+_LOCK_WORKFLOW_STATUS: Final = """
+SELECT CASE WHEN pruned_at IS NULL THEN status ELSE 'pruned' END
+FROM workflows WHERE id = $1 FOR UPDATE
+"""
 # Descends only through unfinished workflows, as MemoryJournal does: a finished
 # child's own children are left alone.
 _REQUEST_CANCEL: Final = (
@@ -187,7 +191,7 @@ class PostgresWorkflows(PostgresBase, Workflows):
     async def request_cancel(self, workflow_id: str) -> list[str]:
         async with self._pool.acquire() as conn, conn.transaction():
             status = await _lock_status_txn(conn, workflow_id)
-            if status in FINISHED_STATUSES:
+            if status in FINISHED_STATUSES or status == "pruned":
                 raise InvalidTransitionError(workflow_id, status, "cancel")
             return [row["id"] for row in await conn.fetch(_REQUEST_CANCEL, workflow_id)]
 

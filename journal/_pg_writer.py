@@ -4,6 +4,7 @@ group-committed (`_groupcommit`, `_pgwrite`); a command is accepted by one inser
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from ._groupcommit import GroupCommitter, GroupStatistics
@@ -24,6 +25,15 @@ ON CONFLICT DO NOTHING
 RETURNING"""
     + WORKFLOW_COLUMNS
 )
+# An expired key: the workflow that holds it lets go (never the one being
+# created: a create with the same id again must write nothing). The row lock
+# this takes is what serializes two creates racing with one expired key: the
+# second one's update waits, then finds the key gone from the old row, and its
+# insert finds the first one's new row.
+_FREE_EXPIRED_KEY: Final = """
+UPDATE workflows SET idempotency_key = NULL
+WHERE idempotency_key = $1 AND created_at < $2 AND id <> $3
+"""
 # The row that made a create a no-op: the same id first, as MemoryJournal does.
 _CONFLICTING_WORKFLOW: Final = (
     "SELECT"
@@ -53,10 +63,18 @@ class PostgresWriter(PostgresBase, Writer):
             await append_batches(conn, batches)
 
     @boundary
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
         args = workflow_args(workflow)
+        key = workflow.idempotency_key
         while True:
-            row = await self._pool.fetchrow(_CREATE_WORKFLOW, *args)
+            if key is not None and key_expired_before is not None:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(_FREE_EXPIRED_KEY, key, key_expired_before, workflow.id)
+                    row = await conn.fetchrow(_CREATE_WORKFLOW, *args)
+            else:
+                row = await self._pool.fetchrow(_CREATE_WORKFLOW, *args)
             if row is not None:
                 return workflow_row(row), True
             # ON CONFLICT DO NOTHING waited for the conflicting insert to commit,

@@ -7,7 +7,8 @@ read or an operator action. The same contract tests run against both journals.
 The contract is five narrow protocols, one concept each, and `Journal` is all of
 them: `Cluster` (nodes, partition leases, wake-ups), `Writer` (the write path),
 `Workflows` (workflows, steps, signals, operator actions), `Projections` (domain
-events and documents) and `DeadLetters`. Each backend keeps each protocol in a
+events and documents), `DeadLetters` and `Retention` (pruning finished
+workflows, expiring idempotency keys). Each backend keeps each protocol in a
 module of its own (`_pg_*.py`, `_mem_*.py`). A collaborator that needs one
 concept may ask for that protocol only. Every method is abstract, so a backend
 that misses or misnames one fails mypy and cannot be instantiated.
@@ -42,6 +43,7 @@ __all__ = [
     "Journal",
     "PartitionLease",
     "Projections",
+    "Retention",
     "WaitingStep",
     "Workflows",
     "Writer",
@@ -150,10 +152,17 @@ class Writer(Protocol):
         or a workflow's idempotency key collides; nothing of the batch is written then."""
 
     @abc.abstractmethod
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
         """Accept a command durably. Returns (row, created). If a workflow with the
         same id or the same idempotency key exists, returns it with created=False
-        and writes nothing."""
+        and writes nothing.
+
+        A key first used (its workflow accepted) before `key_expired_before` has
+        expired: in the same transaction its old workflow lets go of it and this
+        one takes it, so of two requests racing with one expired key exactly one
+        starts a workflow."""
 
 
 class Workflows(Protocol):
@@ -295,7 +304,38 @@ class DeadLetters(Protocol):
         """Mark a dead letter redelivered and return it; None if unknown or taken."""
 
 
-class Journal(Cluster, Writer, Workflows, Projections, DeadLetters, Protocol):
+class Retention(Protocol):
+    """What finished workflows no longer need: their steps, signals and published
+    events (the event log and the documents are the business record and stay),
+    and idempotency keys past their time to live. Each call is one short
+    transaction over at most `limit` workflows; call again while it returns
+    `limit`. Rows another transaction holds are skipped, not waited for.
+
+    `leases` ({partition: epoch}) fences an owner: only partitions still held at
+    those epochs (checked in the transaction, as an append is) are touched.
+    None touches every partition: an operator's pass, safe while servers run."""
+
+    @abc.abstractmethod
+    async def prune_finished(
+        self, finished_before: datetime, *, leases: Mapping[int, int] | None = None,
+        limit: int = 500,
+    ) -> int:
+        """Prune up to `limit` workflows that finished (completed, failed,
+        cancelled) before `finished_before`, are not pruned yet and hold no
+        idempotency key: delete their steps, signals and workflow events and
+        stamp their row's `pruned_at`. Returns how many were pruned."""
+
+    @abc.abstractmethod
+    async def expire_idempotency_keys(
+        self, issued_before: datetime, *, leases: Mapping[int, int] | None = None,
+        limit: int = 500,
+    ) -> int:
+        """Free the idempotency keys of up to `limit` workflows accepted before
+        `issued_before` (the key is cleared from the row; the row stays).
+        Returns how many were freed."""
+
+
+class Journal(Cluster, Writer, Workflows, Projections, DeadLetters, Retention, Protocol):
     """Durable state of the runtime: the whole contract. Every method may be
     cancelled; a cancelled append either committed whole or not at all."""
 

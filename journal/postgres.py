@@ -3,10 +3,10 @@
 The class is composed of one part per protocol of the contract, each in a module
 of its own over the shared pool: `_pg_cluster` (nodes, leases, wake-ups),
 `_pg_writer` (the write path, group-committed through `_groupcommit` and
-`_pgwrite`), `_pg_workflows`, `_pg_projections` (events and documents) and
-`_pg_dead_letters`. Every public method is a boundary (`_pgconn.boundary`): it
-raises the journal's own errors only. Timestamps come from the database clock
-(`now()`), timezone-aware.
+`_pgwrite`), `_pg_workflows`, `_pg_projections` (events and documents),
+`_pg_dead_letters` and `_pg_retention` (pruning, expiring keys). Every public
+method is a boundary (`_pgconn.boundary`): it raises the journal's own errors
+only. Timestamps come from the database clock (`now()`), timezone-aware.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._groupcommit import GroupCommitter
 from ._pg_cluster import PostgresCluster
 from ._pg_dead_letters import PostgresDeadLetters
 from ._pg_projections import PostgresProjections
+from ._pg_retention import PostgresRetention
 from ._pg_shared import PING
 from ._pg_workflows import PostgresWorkflows
 from ._pg_writer import PostgresWriter
@@ -44,6 +45,7 @@ class PostgresJournal(
     PostgresWorkflows,
     PostgresProjections,
     PostgresDeadLetters,
+    PostgresRetention,
     Journal,
 ):
     """The journal on PostgreSQL. Build it with `await PostgresJournal.connect(dsn)`

@@ -69,6 +69,9 @@ class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
     position: int = 0
     # The run that holds the workflow now (see RunFence); None before its first.
     run_id: str | None = None
+    # When retention removed its steps, signals and published events (it had
+    # finished long enough ago); None while they are kept. See `Retention`.
+    pruned_at: datetime | None = None
 
 
 class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,6 +22,14 @@ from .errors import (
 from .faults import CrashingJournal, DelegatingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
+from .retention import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RETENTION,
+    PruneCounts,
+    Pruner,
+    RetentionSettings,
+    prune_journal,
+)
 from .store import (
     Reader,
     WriteSet,
@@ -41,6 +49,8 @@ from .tracing import (
 )
 
 __all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "DEFAULT_RETENTION",
     "SYSTEM_CLOCK",
     "Clock",
     "LoopClock",
@@ -56,8 +66,11 @@ __all__ = [
     "Operator",
     "OverloadedError",
     "PayloadDecodeError",
+    "PruneCounts",
+    "Pruner",
     "Reader",
     "RestartPolicy",
+    "RetentionSettings",
     "RetinueError",
     "RetryPolicy",
     "Runtime",
@@ -79,6 +92,7 @@ __all__ = [
     "otlp_exporter_from_env",
     "parse_trace_ref",
     "parse_traceparent",
+    "prune_journal",
     "partition_of",
     "rebuild_from_log",
     "trace_ref",

@@ -97,8 +97,10 @@ class DelegatingJournal(Journal):
     async def append(self, batch: Batch) -> None:
         await self.inner.append(batch)
 
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
-        return await self.inner.create_workflow(workflow)
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
+        return await self.inner.create_workflow(workflow, key_expired_before=key_expired_before)
 
     # -- workflows --------------------------------------------------------
 
@@ -197,6 +199,20 @@ class DelegatingJournal(Journal):
     async def take_dead_letter(self, letter_id: int) -> DeadLetter | None:
         return await self.inner.take_dead_letter(letter_id)
 
+    # -- retention --------------------------------------------------------------
+
+    async def prune_finished(
+        self, finished_before: datetime, *, leases: Mapping[int, int] | None = None,
+        limit: int = 500,
+    ) -> int:
+        return await self.inner.prune_finished(finished_before, leases=leases, limit=limit)
+
+    async def expire_idempotency_keys(
+        self, issued_before: datetime, *, leases: Mapping[int, int] | None = None,
+        limit: int = 500,
+    ) -> int:
+        return await self.inner.expire_idempotency_keys(issued_before, leases=leases, limit=limit)
+
 
 class CrashingJournal(DelegatingJournal):
     """Delegates to `inner`; right after its `crash_after`-th write commits, raises
@@ -220,7 +236,9 @@ class CrashingJournal(DelegatingJournal):
         await self.inner.append(batch)
         self._wrote()
 
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
-        result = await self.inner.create_workflow(workflow)
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
+        result = await self.inner.create_workflow(workflow, key_expired_before=key_expired_before)
         self._wrote()
         return result

@@ -7,6 +7,7 @@
     Waiters    (waiters.py)    callers waiting for a workflow's events or its end
     Committer  (commits.py)    the RunHost a WorkflowContext talks to: commits, epochs
     Executor   (execution.py)  the ActorHost: runs a Run, records its end, dead letters
+    Pruner     (retention.py)  removes what owned, long-finished workflows no longer need
 
 Runtime builds and wires them, opens and closes them, registers workflows, and
 turns the commands (start, signal, cancel, retry, redeliver) into journal
@@ -50,6 +51,7 @@ from .partitions import partition_of
 from .placement import Placement
 from .policy import RestartPolicy
 from .recovery import Recovery
+from .retention import Pruner, RetentionSettings
 from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
@@ -101,7 +103,9 @@ class Runtime:
     for any partition; a workflow runs on its partition's owner, woken through
     the journal. On close it stops intake, gives in-flight messages `grace`
     seconds, hands its partitions over, then cancels what is left; abandoned
-    steps are re-run (same idempotency key) by the next owner.
+    steps are re-run (same idempotency key) by the next owner. `retention`
+    (RetentionSettings: 7 days after a workflow finished, idempotency keys for
+    24 h) is what `runtime.pruner` removes from the partitions it owns.
     """
 
     # Test-only: True puts back the race the run fence was built for (a workflow
@@ -119,7 +123,7 @@ class Runtime:
         restart: RestartPolicy | None = None, grace: float = 5.0,
         registry: CollectorRegistry | None = None, heartbeat_interval: float | None = None,
         lease_ttl: float | None = None, clock: Clock = SYSTEM_CLOCK,
-        new_id: Callable[[], str] = new_id,
+        new_id: Callable[[], str] = new_id, retention: RetentionSettings | None = None,
     ) -> None:
         self.journal, self.clock, self._new_id, self._grace = journal, clock, new_id, grace
         self.node_id = node_id or default_node_id()
@@ -138,6 +142,8 @@ class Runtime:
         self.cluster.on_journal = self._committer.journal_answered
         placement.host = Executor(self._committer, placement, self._recovery, self._waiters,
                                   self._workflows, new_id, restart, metrics)
+        self.pruner = Pruner(journal, retention or RetentionSettings(), clock, self.owned,
+                             metrics.registry)
         self._router = _LocalRouter(placement, self._recovery, self._committer)
 
     # -- registration -----------------------------------------------------------
@@ -158,6 +164,7 @@ class Runtime:
             await self._tg.start(self.journal.serve_node, self.node_id, self._on_wake)
             await self.cluster.join()
             await self._tg.start(self.cluster.run)
+            await self._tg.start(self.pruner.run)
         except BaseException:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
@@ -289,7 +296,8 @@ class Runtime:
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
         if not fresh_id or new.idempotency_key is not None:
-            return await self.journal.create_workflow(new)
+            expired = self.pruner.settings.key_expired_before(self.clock.now())
+            return await self.journal.create_workflow(new, key_expired_before=expired)
         # A fresh random id cannot collide: a plain (group-committed) append will do.
         try:
             await self.journal.append(Batch(partition=new.partition, epoch=None, workflows=(new,)))

@@ -22,6 +22,7 @@ function header(wf, actions) {
       wf.parent_id ? [idLink(wf.parent_id), " / "] : null, h("span", { class: "mono" }, wf.id)),
     h("div", { class: "wf-title" },
       h("h1", {}, wf.name), pill(wf.status),
+      wf.pruned_at ? h("span", { class: "pill pill-pruned", "data-pruned": wf.pruned_at }, "pruned") : null,
       wf.cancel_requested && !ended ? h("span", { class: "pill pill-cancelled" }, "cancel requested") : null,
       h("span", { class: "grow" }), actions),
     h("dl", { class: "facts" },
@@ -33,8 +34,19 @@ function header(wf, actions) {
       field("Created", when(wf.created_at)),
       field(ended ? "Ended" : "Updated", when(wf.updated_at)),
       field(ended ? "Took" : "Running for", duration(took)),
+      wf.pruned_at ? field("Pruned", when(wf.pruned_at)) : null,
       wf.idempotency_key ? field("Idempotency key", h("span", { class: "mono" }, wf.idempotency_key)) : null),
     wf.error ? h("div", { class: "callout callout-error" }, h("strong", {}, "Error "), wf.error) : null);
+}
+
+// A pruned workflow has no steps left to draw: say so, and when, instead of an
+// empty timeline.
+function prunedNote(wf) {
+  return h("div", { class: "callout callout-pruned", "data-pruned": wf.pruned_at },
+    h("strong", {}, "Pruned "), when(wf.pruned_at), h("span", {}, ` (${absolute(wf.pruned_at)}). `),
+    "This workflow finished longer ago than the retention period (RETINUE_RETENTION), so its ",
+    "steps, signals and published events were removed. Its status, input and result stay, and ",
+    "so does the actor's event log beside.");
 }
 
 function attemptsTable(history) {
@@ -151,6 +163,10 @@ export function workflowView(root, params, id) {
   }
 
   function drawTimeline() {
+    if (state.detail && state.detail.pruned_at) {
+      timelineBox.replaceChildren(prunedNote(state.detail));
+      return;
+    }
     if (!state.spans.length) return;
     const width = Math.max(520, timelineBox.clientWidth);
     timelineBox.replaceChildren(renderTimeline(state.spans, id, {

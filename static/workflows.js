@@ -57,7 +57,8 @@ function table(page, now) {
         if (!event.target.closest("a")) window.location.hash = workflowHref(wf.id);
       },
     },
-    h("td", {}, pill(wf.status)),
+    h("td", {}, pill(wf.status), wf.pruned_at
+      ? [" ", h("span", { class: "pill pill-pruned", title: `pruned ${wf.pruned_at}` }, "pruned")] : null),
     h("td", {}, idLink(wf.id), wf.parent_id ? h("span", { class: "muted small" }, " child") : null),
     h("td", {}, wf.name),
     h("td", {}, actorLink(wf.actor_key)),

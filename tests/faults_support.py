@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -436,8 +437,10 @@ class FlakyJournal(DelegatingJournal):
             self.lost_acks += 1
             raise JournalUnavailableError("FlakyJournal: the connection died before the ack")
 
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
-        created = await self.inner.create_workflow(workflow)
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
+        created = await self.inner.create_workflow(workflow, key_expired_before=key_expired_before)
         if self.lose_ack_of_create > 0:
             self.lose_ack_of_create -= 1
             self.lost_acks += 1

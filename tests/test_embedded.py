@@ -160,5 +160,7 @@ async def test_processes_starting_together_migrate_once(pg_dsn: str) -> None:
 
 
 def test_migrations_are_numbered_in_order() -> None:
+    # Increasing and unique; gaps are fine (missing versions are applied by set
+    # difference, and branches take their numbers ahead of merging).
     versions = [m.version for m in MIGRATIONS]
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert versions[0] == 1 and versions == sorted(set(versions))

@@ -39,7 +39,8 @@ class Workflows:
                   {200: ("a page of workflows", WorkflowsReply), 400: BAD},
                   query=WorkflowQuery),
             Route("GET", "/workflows/{id}", self.get_workflow,
-                  "A workflow with its steps and children (tokens redacted)",
+                  "A workflow with its steps and children (tokens redacted); a pruned one "
+                  "(`pruned_at` set) has no steps left",
                   {200: ("the workflow", WorkflowReply), 404: WORKFLOW_MISSING},
                   id_schema=ANY_ID),
             Route("POST", "/workflows/{id}/retry", self.retry,
@@ -109,7 +110,7 @@ def _summary(row: WorkflowRow) -> WorkflowSummary:
         id=row.id, name=row.name, actor_key=row.actor_key, status=row.status,
         parent_id=row.parent_id, error=row.error, cancel_requested=row.cancel_requested,
         idempotency_key=row.idempotency_key, trace_id=parse_trace_ref(row.trace_id)[0],
-        created_at=row.created_at, updated_at=row.updated_at,
+        created_at=row.created_at, updated_at=row.updated_at, pruned_at=row.pruned_at,
     )
 
 

@@ -28,6 +28,7 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -139,9 +140,12 @@ class SimJournal:
         await self._call("append", self._inner.append, (batch,), {},
                          write=batch, fresh=batch.epoch is None and bool(batch.workflows))
 
-    async def create_workflow(self, workflow: NewWorkflow) -> tuple[WorkflowRow, bool]:
+    async def create_workflow(
+        self, workflow: NewWorkflow, *, key_expired_before: datetime | None = None
+    ) -> tuple[WorkflowRow, bool]:
         row, created = await self._call("create_workflow", self._inner.create_workflow,
-                                        (workflow,), {}, fresh=True)
+                                        (workflow,), {"key_expired_before": key_expired_before},
+                                        fresh=True)
         return row, created  # a write; its answer may be lost, see _after
 
     # -- wake-ups -------------------------------------------------------------
