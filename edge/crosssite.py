@@ -99,7 +99,8 @@ def same_site_middleware(allowed: frozenset[str] | None) -> Middleware:
     """421 for a `Host` that is not this server's; 403 for a state-changing request
     from another origin. Requests without the headers pass: a browser always sends
     `Host`, and `Origin` on every cross-site request that changes state."""
-    shown = "any name" if allowed is None else ", ".join(sorted(allowed))
+    shown = "any name" if allowed is None else ", ".join(
+        f"[{name}]" if ":" in name else name for name in sorted(allowed))
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -228,3 +228,18 @@ async def test_an_invitation_token_never_reaches_the_server_log(
         assert len(token) >= 16 and token not in log
     finally:
         await server.aclose()
+
+
+# -- the README says what each route needs --------------------------------------------------
+
+
+async def test_the_readme_says_which_token_every_route_needs() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Who may call what", 1)[1].split("\n## ", 1)[0]
+    app = create_app(Runtime(MemoryJournal(), registry=CollectorRegistry()), Onboarding())
+    routes = [f"`{route.method} {resource.canonical}`"
+              for resource in app.router.resources() for route in resource]
+    missing = [route for route in routes if route not in section]
+    assert len(routes) >= 15 and not missing, (
+        f"README.md's 'Who may call what' table does not list {missing}; add each with "
+        "the token it needs")
