@@ -22,6 +22,7 @@ from server import ServerConfig, parse_config, run_server
 from tests.server_support import JSON, Served, invitation_token, serving
 
 API, OPERATOR = "product-s3cret", "operator-s3cret"
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -234,8 +235,7 @@ async def test_an_invitation_token_never_reaches_the_server_log(
 
 
 async def test_the_readme_says_which_token_every_route_needs() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Who may call what", 1)[1].split("\n## ", 1)[0]
+    section = README.split("### Who may call what", 1)[1].split("\n## ", 1)[0]
     app = create_app(Runtime(MemoryJournal(), registry=CollectorRegistry()), Onboarding())
     routes = [f"`{route.method} {resource.canonical}`"
               for resource in app.router.resources() for route in resource]
