@@ -27,6 +27,7 @@ __all__ = [
     "host_name",
     "is_json",
     "require_json",
+    "same_origin",
     "same_site_middleware",
 ]
 
@@ -79,7 +80,7 @@ def _is_port(text: str) -> bool:
         and digits.isdigit()
 
 
-def _same_origin(origin: str, host: str | None) -> bool:
+def same_origin(origin: str, host: str | None) -> bool:
     """Whether `Origin` is the origin of the server the `Host` header names."""
     split = None if host is None else _split_host(host)
     if split is None:
@@ -109,7 +110,7 @@ def same_site_middleware(allowed: frozenset[str] | None) -> Middleware:
             raise MisdirectedRequest(host, shown)
         origin = request.headers.get("Origin")
         if (request.method in _STATE_CHANGING and origin is not None
-                and not _same_origin(origin, host)):
+                and not same_origin(origin, host)):
             raise Forbidden.foreign_origin(origin, host or "")
         return await handler(request)
 

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from actors import Onboarding, customer_id_for
 from bench.polling import eventually
 from bench.processes import ServerProcess
-from edge import ExposureError, create_app, open_server
+from edge import ExposureError, create_app, is_loopback, open_server
+from edge.crosssite import allowed_hosts, host_name, same_origin
 from journal import MemoryJournal, PostgresJournal
 from runtime import Runtime
 from server import ServerConfig, parse_config, run_server
@@ -58,6 +59,38 @@ async def test_the_servers_own_names_pass_with_or_without_a_port(pg_dsn: str, ho
     async with serving(pg_dsn, extra_hosts=("api.example.com",)) as served:
         response = await served.client.get("/workflows", headers={"Host": host})
         assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize(("header", "name"), [
+    ("Localhost", "localhost"), ("a.example:80", "a.example"), ("[::1]", "::1"),
+    ("[::1]:8080", "::1"), ("a.example:", None), ("a.example:123456", None), ("::1", None),
+    ("[::1]x", None), ("[::1", None), ("a.example:8x", None)])
+def test_host_name_reads_a_host_header(header: str, name: str | None) -> None:
+    assert host_name(header) == name
+
+
+def test_allowed_hosts_are_loopback_the_bound_host_and_the_configured_names() -> None:
+    assert allowed_hosts("10.0.0.5") == {"localhost", "127.0.0.1", "::1", "10.0.0.5"}
+    assert allowed_hosts("[::1]", [" API.example ", ""]) == {"localhost", "127.0.0.1", "::1",
+                                                              "api.example"}
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("::", ["*"]) is None
+    assert allowed_hosts("0.0.0.0", ["a.example"]) == {"localhost", "127.0.0.1", "::1",
+                                                        "a.example"}
+    assert [is_loopback(h) for h in ("LOCALHOST", "127.0.0.9", "[::1]", "::", "a.example")] \
+        == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("http://a.example", "a.example", True), ("https://a.example", "a.example", True),
+    ("http://a.example:8080", "A.example:8080", True), ("http://[::1]:9", "[::1]:9", True),
+    ("http://a.example", "a.example:8080", False), ("http://b.example", "a.example", False),
+    ("http://a.example", None, False), ("http://a.example", "a:b:c", False),
+    ("null", "a.example", False), ("http://a.example:99999", "a.example", False),
+    ("file://", "a.example", False)])
+def test_same_origin_compares_the_origin_with_the_host(
+    origin: str, host: str | None, same: bool
+) -> None:
+    assert same_origin(origin, host) is same
 
 
 # -- Origin: cross-site requests that change state -----------------------------------------
