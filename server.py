@@ -5,7 +5,7 @@ onboarding app and the HTTP edge (the `edge` package), serve until asked to stop
 `main` is the command line:
 
     python server.py [serve] [--host 127.0.0.1] [--port 8080] [--data-dir ./.retinue/pg]
-                             [--api-token T]
+                             [--api-token T] [--operator-token T] [--allowed-hosts H,H]
     python server.py COMMAND ...     an operator command (edge/cli): workflows,
                                      dead-letters, nodes, rebuild-projections
 
@@ -14,8 +14,9 @@ Once it listens it prints `retinue listening on <url>` and then one JSON line,
 stdout (--port 0 picks a free port; the line tells which).
 
 Environment: DATABASE_URL (else an embedded PostgreSQL in --data-dir),
-RETINUE_API_TOKEN, COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds,
-default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5), RETINUE_RETENTION
+RETINUE_API_TOKEN, RETINUE_OPERATOR_TOKEN, RETINUE_ALLOWED_HOSTS,
+COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds, default 7 days),
+RETINUE_RESOLVE_TIMEOUT (seconds, default 5), RETINUE_RETENTION
 (seconds a finished workflow keeps its steps, default 7 days, 0 for ever),
 RETINUE_IDEMPOTENCY_TTL (seconds an Idempotency-Key answers, default 1 day, 0 for
 ever), RETINUE_PRUNE_INTERVAL (seconds between prune passes, default 60),
@@ -27,7 +28,6 @@ GET / is the dashboard: static files (static/) over the JSON API below it.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import math
 import os
@@ -43,7 +43,14 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding
-from edge import WebhookCommunicator, create_app, open_server
+from edge import (
+    ExposureError,
+    Tokens,
+    WebhookCommunicator,
+    check_exposure,
+    create_app,
+    open_server,
+)
 from edge.cli import main as operator_main
 from edge.cli import wants_cli
 from journal import JournalError, open_journal
@@ -64,14 +71,17 @@ _log = logging.getLogger("retinue.server")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """What `run_server` needs: where to listen, which database, the API token, the
-    webhook, and the timeouts (see `parse_config` for where each comes from)."""
+    """What `run_server` needs: where to listen (and the other names `Host` may give),
+    which database, the tokens, the webhook, and the timeouts (see `parse_config` for
+    where each comes from)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = "./.retinue/pg"
     database_url: str | None = None
     api_token: str | None = None
+    operator_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     webhook_url: str | None = None
     verification_ttl: float = DEFAULT_VERIFICATION_TTL.total_seconds()
     resolve_timeout: float = 5.0
@@ -86,7 +96,11 @@ async def run_server(
 ) -> None:
     """Open the journal and the runtime, serve until `stop` is set, then shut down:
     stop listening, let the runtime close with its grace period, finish requests in
-    flight, close the journal (and the embedded PostgreSQL it started)."""
+    flight, close the journal (and the embedded PostgreSQL it started).
+
+    Raises `ExposureError` before opening anything if `config.host` is not loopback
+    and no token is set."""
+    check_exposure(config.host, Tokens(api=config.api_token, operator=config.operator_token))
     async with AsyncExitStack() as stack:
         journal = await stack.enter_async_context(
             open_journal(config.database_url, config.data_dir)
@@ -107,6 +121,8 @@ async def run_server(
             stack.callback(tasks.cancel_scope.cancel)
             await tasks.start(tracer.run)
         app = create_app(runtime, onboarding, api_token=config.api_token,
+                         operator_token=config.operator_token, host=config.host,
+                         extra_hosts=config.allowed_hosts,
                          resolve_timeout=config.resolve_timeout)
         server = await stack.enter_async_context(open_server(
             app, host=config.host, port=config.port,
@@ -130,15 +146,6 @@ def _announce(url: str, node_id: str) -> None:
 
 
 # -- the command line ---------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _env_seconds(
@@ -188,18 +195,28 @@ def parse_config(
     parser.add_argument("--data-dir", default="./.retinue/pg",
                         help="the embedded PostgreSQL's folder, when DATABASE_URL is not set")
     parser.add_argument("--api-token", default=env.get("RETINUE_API_TOKEN") or None,
-                        help="bearer token for every route but /healthz, /readyz, /metrics "
-                        "(default: $RETINUE_API_TOKEN)")
+                        help="bearer token for the product's routes (/customers/...), and "
+                        "for every route but /healthz, /readyz, /metrics and the dashboard's "
+                        "files if it is the only token (default: $RETINUE_API_TOKEN)")
+    parser.add_argument("--operator-token", default=env.get("RETINUE_OPERATOR_TOKEN") or None,
+                        help="bearer token for the dashboard's API and the operator routes "
+                        "(workflows, dead letters) (default: $RETINUE_OPERATOR_TOKEN)")
+    parser.add_argument("--allowed-hosts", default=env.get("RETINUE_ALLOWED_HOSTS", ""),
+                        help="comma-separated names the Host header may give besides "
+                        "localhost, 127.0.0.1, [::1] and --host; * for any "
+                        "(default: $RETINUE_ALLOWED_HOSTS)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port (0 to 65535)")
-    if not _is_loopback(args.host) and not args.api_token:
-        parser.error(f"refusing to listen on {args.host!r} without an API token: anyone who "
-                     "can reach it could invite customers and act as an operator. Set "
-                     "RETINUE_API_TOKEN (or --api-token), or listen on 127.0.0.1")
+    try:
+        check_exposure(args.host, Tokens(api=args.api_token, operator=args.operator_token))
+    except ExposureError as exc:
+        parser.error(str(exc))
     return ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir,
         database_url=env.get("DATABASE_URL") or None, api_token=args.api_token,
+        operator_token=args.operator_token,
+        allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()),
         webhook_url=env.get("COMMUNICATION_WEBHOOK_URL") or None,
         verification_ttl=_env_seconds(parser, env, "RETINUE_VERIFICATION_TTL",
                                       DEFAULT_VERIFICATION_TTL.total_seconds()),

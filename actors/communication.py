@@ -3,7 +3,8 @@
 The domain only knows this Protocol. server.py plugs in the webhook adapter
 (`edge.WebhookCommunicator`, in edge/webhook.py: it speaks HTTP through aiohttp, which
 the domain does not import) when COMMUNICATION_WEBHOOK_URL is set; otherwise messages
-stay in the outbox (the `message` projection) and are logged.
+stay in the outbox (the `message` projection) and a log line says where (without
+the token).
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ class OutboxCommunicator:
     """No webhook: the outbox row is the record; log it for the operator."""
 
     async def deliver(self, message: OutgoingMessage) -> str:
-        # The log stands in for the mail: it carries the token, as the mail would.
+        # The log says where the message is, never its token: logs are read, shipped
+        # and kept by more people than the customer's mailbox. The key is
+        # `<message id>:<seq>` (a step's key is its workflow's id and seq, and the
+        # message is its communication workflow's id).
+        message_id = message.idempotency_key.rpartition(":")[0]
         _log.info(
-            "message %s to %s recorded in the outbox (token %s, idempotency key %s)",
-            message.type, message.email, message.token or "-", message.idempotency_key,
+            "%s for customer %s written to the outbox as message %s (idempotency key %s)",
+            message.type, message.customer_id, message_id, message.idempotency_key,
         )
         return "recorded"

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     """`python server.py` on `database_url`, its stdout and stderr appended to
     `log` (across restarts). `env` is added to this process's environment
-    (RETINUE_API_TOKEN is "" unless `env` sets it); `name` sets RETINUE_NODE_ID.
+    (RETINUE_API_TOKEN and RETINUE_OPERATOR_TOKEN are "" unless `env` sets them);
+    `name` sets RETINUE_NODE_ID.
     With `profile`, it runs under cProfile and writes its stats there on exit.
     `url`, `port` and `node` are known once `start` returns."""
 
@@ -49,6 +50,7 @@ class ServerProcess:
         self.starts = 0
         self._profile = profile
         self._env = {**os.environ, "DATABASE_URL": database_url, "RETINUE_API_TOKEN": "",
+                     "RETINUE_OPERATOR_TOKEN": "",
                      **({"RETINUE_NODE_ID": name} if name else {}), **(env or {})}
         self._process: anyio.abc.Process | None = None
 

@@ -6,6 +6,7 @@ webhook adapter of the domain's communication port. Import from here; the module
 behind it each own one concept (see the README's Layout).
 """
 
+from .access import ExposureError, Tokens, check_exposure, is_loopback
 from .app import MAX_BODY, create_app
 from .errors import ApiError
 from .metrics import HttpMetrics
@@ -18,12 +19,16 @@ from .webhook import WebhookCommunicator, WebhookError
 __all__ = [
     "MAX_BODY",
     "ApiError",
+    "ExposureError",
     "HttpMetrics",
     "Listening",
     "Route",
+    "Tokens",
     "WebhookCommunicator",
     "WebhookError",
+    "check_exposure",
     "create_app",
+    "is_loopback",
     "open_server",
     "openapi_document",
     "quantile",

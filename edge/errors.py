@@ -27,6 +27,7 @@ __all__ = [
     "ApiError",
     "BodyTooLarge",
     "Conflict",
+    "Forbidden",
     "IdempotencyConflict",
     "InternalError",
     "InvalidBody",
@@ -34,7 +35,9 @@ __all__ = [
     "InvalidId",
     "InvalidIdempotencyKey",
     "InvalidQuery",
+    "InvalidText",
     "MethodNotAllowed",
+    "MisdirectedRequest",
     "NotFound",
     "Unauthorized",
     "Unavailable",
@@ -64,12 +67,18 @@ class ApiError(Exception):
         self.headers = headers
 
     def response(self) -> web.Response:
-        return json_response(self.status, ErrorReply(error=self.message, id=self.id),
-                             self.headers)
+        return json_response(self.status, ErrorReply(error=_encodable(self.message),
+                                                     id=self.id), self.headers)
 
     def after_acceptance(self) -> ApiError:
         """The same answer to a command that was already accepted: not a refusal."""
         return ApiError(self.status, self.message, id=self.id, headers=self.headers)
+
+
+def _encodable(text: str) -> str:
+    """`text` with any lone surrogate escaped: a message that quotes what the client
+    sent (a path, a header) must still encode as UTF-8 JSON."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _with_path(exc: msgspec.ValidationError) -> str:
@@ -156,10 +165,6 @@ class InvalidQuery(ApiError):
         return cls(f"query parameter `{name}` is given more than once; give it once")
 
     @classmethod
-    def holds_nul(cls, name: str) -> InvalidQuery:
-        return cls(f"query parameter {name[:40]!r} holds a NUL character (%00); remove it")
-
-    @classmethod
     def malformed(cls, exc: msgspec.ValidationError, parameters: str) -> InvalidQuery:
         return cls(f"invalid query: {_with_path(exc)}; the parameters are {parameters}")
 
@@ -181,6 +186,28 @@ class InvalidQuery(ApiError):
                    "without it - at `$.cursor`")
 
 
+class InvalidText(ApiError):
+    """400: a text from the path, the query or a header that the journal cannot hold
+    (NUL and other control characters, lone surrogates) or that is too long."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(400, f"{where} {problem}", reason="invalid_text")
+
+    @classmethod
+    def control(cls, where: str) -> InvalidText:
+        return cls(where, "holds a control character (U+0000 to U+001F or U+007F to "
+                   "U+009F); remove it")
+
+    @classmethod
+    def not_utf8(cls, where: str) -> InvalidText:
+        return cls(where, "is not valid UTF-8 (a lone surrogate or an undecodable byte); "
+                   "send UTF-8 text, percent-encoded in a URL")
+
+    @classmethod
+    def too_long(cls, where: str, longest: int) -> InvalidText:
+        return cls(where, f"is longer than {longest} characters; send a shorter one")
+
+
 class WrongToken(ApiError):
     """400 after acceptance: the workflow compared the token and refused it."""
 
@@ -199,6 +226,39 @@ class Unauthorized(ApiError):
         super().__init__(401, "missing or wrong API token; send the header "
                          "'Authorization: Bearer <token>'", reason="unauthorized",
                          headers={"WWW-Authenticate": 'Bearer realm="retinue"'})
+
+
+class Forbidden(ApiError):
+    """403: who asks, or from where, may not do this; the message says what is needed."""
+
+    def __init__(self, message: str, *, reason: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(403, message, reason=reason, headers=headers)
+
+    @classmethod
+    def needs_role(cls, role: str, variable: str, method: str, route: str) -> Forbidden:
+        # insufficient_scope (RFC 6750) tells a client, the dashboard among them, that
+        # the token is valid but another one is needed.
+        return cls(f"{method} {route} needs the {role} token ({variable}); the token sent "
+                   "is valid but only for the other role. Send 'Authorization: Bearer "
+                   f"<the {role} token>'", reason="forbidden",
+                   headers={"WWW-Authenticate": f'Bearer realm="retinue", '
+                            f'error="insufficient_scope", scope="{role}"'})
+
+    @classmethod
+    def foreign_origin(cls, origin: str, host: str) -> Forbidden:
+        return cls(f"cross-site request refused: Origin {origin[:100]!r} is not this "
+                   f"server's ({host[:100]!r}); call the API from the server's own pages or "
+                   "from a program that sends no Origin header", reason="foreign_origin")
+
+
+class MisdirectedRequest(ApiError):
+    """421: the Host header names a server other than this one (DNS rebinding)."""
+
+    def __init__(self, host: str, allowed: str) -> None:
+        super().__init__(421, f"Host {host[:100]!r} is not a name of this server; use one of "
+                         f"{allowed}, or add the name to RETINUE_ALLOWED_HOSTS",
+                         reason="foreign_host")
 
 
 class NotFound(ApiError):
@@ -276,11 +336,17 @@ class BodyTooLarge(ApiError):
 
 
 class UnsupportedMediaType(ApiError):
-    """415: the body is not JSON."""
+    """415: the body is not JSON (`content_type` is what it claims to be), or a POST
+    does not say it is (None)."""
 
-    def __init__(self, content_type: str) -> None:
-        super().__init__(415, f"the body is {content_type!r}; send it as "
-                         "Content-Type: application/json", reason="unsupported_media_type")
+    def __init__(self, content_type: str | None) -> None:
+        if content_type is None:
+            message = ("a POST needs the header 'Content-Type: application/json', even "
+                       "without a body (other sites' pages cannot send that one); add it")
+        else:
+            message = (f"the body is {content_type!r}; send it as "
+                       "Content-Type: application/json")
+        super().__init__(415, message, reason="unsupported_media_type")
 
 
 class IdempotencyConflict(ApiError):

@@ -1,10 +1,11 @@
-"""The edge's three middlewares, outermost first: metrics (every answer counted and
-timed, the dashboard's sampler ticked), errors (every failure becomes the catalogue's
-JSON answer; refused commands are counted), auth (bearer token)."""
+"""The edge's middlewares, outermost first: metrics (every answer counted and timed,
+the dashboard's sampler ticked), errors (every failure becomes the catalogue's JSON
+answer; refused commands are counted), then, set up by `create_app`, the same-site
+guard (edge/crosssite.py), auth (edge/access.py), and input (every POST says JSON,
+every text from the path, query and headers is one the journal can hold)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from aiohttp.typedefs import Handler, Middleware
 from journal import InvalidTransitionError, JournalUnavailableError, WorkflowNotFoundError
 from runtime import OverloadedError
 
+from .crosssite import require_json
 from .errors import (
     ApiError,
     BodyTooLarge,
@@ -22,13 +24,13 @@ from .errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
-    Unauthorized,
     Unavailable,
 )
 from .metrics import HttpMetrics
 from .sampler import Sampler
+from .validation import check_request_text
 
-__all__ = ["auth_middleware", "error_middleware", "metrics_middleware", "route_label"]
+__all__ = ["error_middleware", "input_middleware", "metrics_middleware", "route_label"]
 
 _log = logging.getLogger("retinue.server")
 
@@ -103,21 +105,13 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
     return InternalError.unexpected(request.method, request.path, exc)
 
 
-def auth_middleware(api_token: str | None, open_routes: frozenset[tuple[str, str]]
-                    ) -> Middleware:
-    """Bearer-token auth on every route but `open_routes` ((method, route) pairs:
-    health, readiness, metrics, and the dashboard's page and files, which hold no data)."""
-    expected = api_token.encode() if api_token else None
-
+def input_middleware() -> Middleware:
+    """415 for a POST that does not say JSON; 400 for a path value, query or journaled
+    header the journal could not hold. Before any handler, so every route is covered."""
     @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or (request.method, route_label(request)) in open_routes:
-            return await handler(request)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # compare_digest on every attempt, so a wrong scheme costs the same time.
-        matches = hmac.compare_digest(given.strip().encode(), expected)
-        if not (matches and scheme.lower() == "bearer"):
-            raise Unauthorized()
+    async def check_input(request: web.Request, handler: Handler) -> web.StreamResponse:
+        require_json(request)
+        check_request_text(request)
         return await handler(request)
 
-    return authenticate
+    return check_input

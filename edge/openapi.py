@@ -59,14 +59,20 @@ def _operation(route: Route, ref_of: Mapping[Any, Any], auth: bool) -> dict[str,
         operation["requestBody"] = {
             "required": True, "content": {"application/json": {"schema": ref_of[route.body]}}
         }
+    if route.method == "POST" and "415" not in operation["responses"]:
+        operation["responses"]["415"] = _error("no 'Content-Type: application/json' (every "
+                                               "POST needs it, body or not)", ref_of)
     if auth and route.open:
         operation["security"] = []
     elif auth:
-        operation["responses"]["401"] = {
-            "description": "missing or wrong API token",
-            "content": {"application/json": {"schema": ref_of[ErrorReply]}},
-        }
+        operation["responses"]["401"] = _error("missing or wrong token", ref_of)
+        operation["responses"]["403"] = _error("a token of the other role", ref_of)
     return operation
+
+
+def _error(description: str, ref_of: Mapping[Any, Any]) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": ref_of[ErrorReply]}}}
 
 
 def _operation_id(route: Route) -> str:

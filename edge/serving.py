@@ -10,6 +10,8 @@ import anyio
 import anyio.abc
 from aiohttp import web
 
+from .access import TOKENS_KEY, Tokens, check_exposure
+
 __all__ = ["Listening", "open_server", "serve"]
 
 
@@ -41,7 +43,10 @@ async def open_server(
     shutdown_timeout: float = 10.0,
 ) -> AsyncIterator[Listening]:
     """Serve `app` on host:port (0: a free port) for the block's duration. On exit,
-    stop listening and give requests in flight `shutdown_timeout` s."""
+    stop listening and give requests in flight `shutdown_timeout` s. Raises
+    `ExposureError`, before binding, if `host` is not loopback and `app` takes no
+    token (an app not made by `create_app` counts as taking none)."""
+    check_exposure(host, app.get(TOKENS_KEY, Tokens()))
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=shutdown_timeout)
     await runner.setup()

@@ -1,6 +1,8 @@
 // The JSON API under the dashboard. The page itself needs no token; the API may.
-// On a 401 the user is asked once, and the token is kept in sessionStorage (this
-// tab only) and sent as a Bearer header from then on.
+// On a 401 (or a 403 that says the operator token is needed) the user is asked once,
+// and the token is kept in sessionStorage (this tab only) and sent as a Bearer header
+// from then on. Every POST says Content-Type: application/json, body or not: the
+// server refuses POSTs that do not (other sites' pages cannot send that header).
 
 import { tokenDialog } from "./dom.js";
 
@@ -45,11 +47,17 @@ function url(path, params) {
 async function call(method, path, params) {
   for (;;) {
     const headers = { Accept: "application/json" };
+    if (method === "POST") headers["Content-Type"] = "application/json";
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
     const response = await fetch(url(path, params), { method, headers });
     if (response.status === 401) {
       await askForToken(Boolean(token));
+      continue;
+    }
+    const challenge = response.headers.get("WWW-Authenticate") || "";
+    if (response.status === 403 && challenge.includes("insufficient_scope")) {
+      await askForToken("operator");
       continue;
     }
     const body = await response.json().catch(() => null);

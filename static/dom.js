@@ -203,18 +203,24 @@ export function confirmDialog({ title, message, confirm, danger = false }) {
   });
 }
 
-/** A modal asking for the API token; resolves with it. */
+/** A modal asking for the server's token; resolves with it. `wrong` is why the last
+ * one failed: true (refused), "operator" (valid, but the operator token is needed). */
 export function tokenDialog(wrong) {
   return new Promise((resolve) => {
     const input = h("input", {
       type: "password", name: "token", autocomplete: "current-password", required: true,
-      placeholder: "RETINUE_API_TOKEN", class: "input wide",
+      placeholder: "RETINUE_OPERATOR_TOKEN or RETINUE_API_TOKEN", class: "input wide",
     });
     const form = h("form", { class: "dialog", role: "dialog", "aria-modal": "true" },
       h("h2", {}, "API token"),
-      h("p", {}, wrong
-        ? "That token was refused. Enter the server's API token."
-        : "This server asks for its API token. It is kept for this tab only."),
+      h("p", {}, wrong === "operator"
+        ? "That token is the API token; the dashboard needs the operator token "
+          + "(RETINUE_OPERATOR_TOKEN)."
+        : wrong
+          ? "That token was refused. Enter the server's API token (its operator "
+            + "token, if it has one)."
+          : "This server asks for its API token (its operator token, if it has one). "
+            + "It is kept for this tab only."),
       input,
       h("div", { class: "dialog-actions" },
         h("button", { class: "btn btn-primary", type: "submit" }, "Continue")));

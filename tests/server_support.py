@@ -17,7 +17,10 @@ from edge import create_app
 from journal import PostgresJournal
 from runtime import Runtime
 
-__all__ = ["Served", "serving", "invitation_token", "workflow_count"]
+__all__ = ["JSON", "Served", "serving", "invitation_token", "workflow_count"]
+
+# What every POST must say, body or not (the edge refuses others with 415).
+JSON = {"Content-Type": "application/json"}
 
 @dataclass
 class Served:
@@ -32,6 +35,8 @@ async def serving(
     pg_dsn: str,
     *,
     api_token: str | None = None,
+    operator_token: str | None = None,
+    extra_hosts: tuple[str, ...] = (),
     verification_ttl: timedelta = timedelta(days=7),
     communicator: Communicator | None = None,
     resolve_timeout: float = 5.0,
@@ -46,6 +51,7 @@ async def serving(
         onboarding = Onboarding(communicator=communicator, verification_ttl=verification_ttl)
         onboarding.register(runtime)
         app = create_app(runtime, onboarding, api_token=api_token,
+                         operator_token=operator_token, extra_hosts=extra_hosts,
                          resolve_timeout=resolve_timeout)
         server = TestServer(app)
         client: TestClient[web.Request, web.Application] = TestClient(server)

@@ -18,7 +18,7 @@ def test_a_public_host_without_a_token_is_refused(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as exit_info:
         parse_config(["--host", "0.0.0.0"], environ={})
     assert exit_info.value.code == 2
-    assert "without an API token" in capsys.readouterr().err
+    assert "without a token" in capsys.readouterr().err
     config = parse_config(["--host", "0.0.0.0"], environ={"RETINUE_API_TOKEN": "t",
                                                          "RETINUE_VERIFICATION_TTL": "60"})
     assert (config.api_token, config.verification_ttl) == ("t", 60.0)

@@ -6,6 +6,8 @@ Chromium) and `apt-get install chromium`; skips with the reason otherwise.
 Leaves a screenshot in test-artifacts/dashboard.png.
 
 Besides the operator's path (token, timeline, retry), it checks the page's shell:
+the server has both tokens, and the page asks again, for the operator's, when it is
+given the API token;
 counts per status come from /api/workflow-counts (or, from a server without that
 route, the overview), a failing API call is shown in the shell's problem bar (no
 unhandled rejection), and an answer overtaken by a newer one is never drawn.
@@ -34,7 +36,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("RETINUE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-TOKEN = "dash-s3cret"
+TOKEN = "dash-s3cret"  # the operator token
+API_TOKEN = "product-s3cret"  # the API token, which the dashboard's API refuses
 
 playwright_api = pytest.importorskip(
     "playwright.async_api",
@@ -90,7 +93,8 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
     hook_app.router.add_post("/hook", receiver.receive)
     async with TestServer(hook_app) as hook, \
             WebhookCommunicator(str(hook.make_url("/hook"))) as communicator, \
-            serving(pg_dsn, api_token=TOKEN, communicator=communicator) as served:
+            serving(pg_dsn, api_token=API_TOKEN, operator_token=TOKEN,
+                    communicator=communicator) as served:
         ada = await _invite(served, "ada@example.com")
         refused = await _invite(served, "refuse@example.com")
         ada_child = f"{ada['workflow_id']}:5"
@@ -111,7 +115,7 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
                 problems = _watch_console(page, expected)
                 requests: list[str] = []
                 page.on("request", lambda request: requests.append(request.url))
-                await _sign_in(page, url)
+                await _sign_in(page, url, expected)
                 await _check_the_constants(page)
                 await _check_the_counts(page, served, requests)
                 await _check_the_counts_from_an_older_server(page, served, requests, expected)
@@ -147,12 +151,18 @@ def _watch_console(page: Any, expected: set[int]) -> list[str]:
     return problems
 
 
-async def _sign_in(page: Any, url: str) -> None:
-    """The page loads without the token, asks for it once, and lists the workflows."""
+async def _sign_in(page: Any, url: str, expected: set[int]) -> None:
+    """The page loads without the token and asks for it; given the API token, it
+    asks again, for the operator's; then it lists the workflows."""
+    expected.add(403)
     await page.goto(url + "#/workflows")
     dialog = page.locator("form.dialog")
     await dialog.wait_for()
     assert "API token" in await dialog.inner_text()
+    await dialog.locator("input[name=token]").fill(API_TOKEN)
+    await dialog.locator("button[type=submit]").click()
+    dialog = page.locator("form.dialog", has_text="needs the operator token")
+    await dialog.wait_for()
     await dialog.locator("input[name=token]").fill(TOKEN)
     await dialog.locator("button[type=submit]").click()
     await page.locator("#workflow-table tbody tr").first.wait_for()

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors import INVITE_WORKFLOW, customer_actor_key, customer_id_for
 from bench.polling import eventually
 from runtime import RestartPolicy, VirtualClock, WorkflowContext
-from tests.server_support import Served, invitation_token, serving, workflow_count
+from tests.server_support import JSON, Served, invitation_token, serving, workflow_count
 from tests.support import wait_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +101,17 @@ BAD_REQUESTS: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("POST", "/dead-letters/abc/redeliver", None, {}, 400, "not a dead letter id"),
     ("POST", "/dead-letters/999/redeliver", None, {}, 404, "no dead letter 999"),
     ("GET", "/no/such/route", None, {}, 404, "no route GET /no/such/route"),
+    # Texts the journal cannot hold are refused at the edge, on every route.
+    ("GET", "/actors/%00/events", None, {}, 400, "the path's {key} holds a control character"),
+    ("GET", "/actors/a%0Ab/events", None, {}, 400, "control character"),
+    ("GET", "/actors/" + "k" * 1025 + "/events", None, {}, 400, "longer than 1024"),
+    ("GET", "/workflows/%00", None, {}, 400, "the path's {id} holds a control character"),
+    ("GET", "/workflows?name=%00", None, {}, 400, "query parameter 'name' holds a control"),
+    ("GET", "/workflows?%01=x", None, {}, 400, "control character"),
+    ("POST", "/customers/invite", {"email": "a@b.co"}, {"Idempotency-Key": "a\u00e9"}, 400,
+     "Idempotency-Key"),
+    ("POST", "/customers/invite", {"email": "a@b.co"}, {"traceparent": "\u00e9" * 1100}, 400,
+     "the traceparent header is longer than 1024"),
     ("DELETE", "/customers/invite", None, {}, 405, "DELETE is not allowed"),
 ]
 
@@ -110,10 +121,10 @@ async def test_bad_requests_get_a_4xx_that_names_the_problem_and_journal_nothing
 ) -> None:
     before = await workflow_count(served.journal)
     for method, path, body, headers, status, message in BAD_REQUESTS:
-        options: dict[str, Any] = {"headers": headers}
+        options: dict[str, Any] = {"headers": {**JSON, **headers} if method == "POST"
+                                   else headers}
         if isinstance(body, bytes):
             options["data"] = body
-            options["headers"] = {"Content-Type": "application/json", **headers}
         elif body is not None:
             options["json"] = body
         response = await served.client.request(method, path, **options)
@@ -309,8 +320,8 @@ async def test_workflow_routes_list_detail_cancel_and_refuse_wrong_transitions(
                                        "finished_at", "output", "error"}
     assert [child["name"] for child in detail["children"]] == ["communicate_to_customer"]
 
-    assert (await client.post(f"/workflows/{workflow_id}/retry")).status == 409
-    cancelled = await client.post(f"/workflows/{workflow_id}/cancel")
+    assert (await client.post(f"/workflows/{workflow_id}/retry", headers=JSON)).status == 409
+    cancelled = await client.post(f"/workflows/{workflow_id}/cancel", headers=JSON)
     assert cancelled.status == 202
     assert workflow_id in (await cancelled.json())["workflows"]
 
@@ -319,7 +330,7 @@ async def test_workflow_routes_list_detail_cancel_and_refuse_wrong_transitions(
         return bool(reply["status"] == "cancelled")
 
     await eventually(is_cancelled)
-    again = await client.post(f"/workflows/{workflow_id}/cancel")
+    again = await client.post(f"/workflows/{workflow_id}/cancel", headers=JSON)
     assert again.status == 409
     assert "cancelled" in (await again.json())["error"]
     # The invitation's workflow is gone, so a verification cannot be answered.
@@ -352,12 +363,13 @@ async def test_dead_letters_are_listed_and_redelivered_once(pg_dsn: str) -> None
         assert "this message crashes its actor" in letter["error"]
 
         healed.set()
-        response = await served.client.post(f"/dead-letters/{letter['id']}/redeliver")
+        redeliver = f"/dead-letters/{letter['id']}/redeliver"
+        response = await served.client.post(redeliver, headers=JSON)
         assert response.status == 202
         assert (await response.json())["workflow_id"] == row.id
         finished = await served.runtime.wait_for_finish(row.id, 5)
         assert finished is not None and finished.status == "completed"
-        assert (await served.client.post(f"/dead-letters/{letter['id']}/redeliver")).status == 404
+        assert (await served.client.post(redeliver, headers=JSON)).status == 404
 
 
 # -- metrics, spec, dashboard ---------------------------------------------------------------

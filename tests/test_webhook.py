@@ -88,6 +88,7 @@ async def test_a_refused_delivery_fails_the_workflow_and_an_operator_retry_resum
             assert "refused the message with 400" in failed["error"]
 
             refuse = False
-            retried = await client.post(f"/workflows/{child}/retry")
+            retried = await client.post(f"/workflows/{child}/retry",
+                                        headers={"Content-Type": "application/json"})
             assert retried.status == 202
             assert await eventually(status_of_child) == "completed"
