@@ -19,6 +19,7 @@ from .errors import (
     EmbeddedPostgresError,
     FencedError,
     IntegrityError,
+    InvalidForkError,
     InvalidTransitionError,
     JournalError,
     JournalUnavailableError,
@@ -29,6 +30,7 @@ from .memory import MemoryJournal
 from .postgres import PostgresJournal, open_journal
 from .records import (
     FINISHED_STATUSES,
+    FORKABLE_STATUSES,
     PARTITION_COUNT,
     Batch,
     DeadLetter,
@@ -46,6 +48,7 @@ from .records import (
 
 __all__ = [
     "FINISHED_STATUSES",
+    "FORKABLE_STATUSES",
     "PARTITION_COUNT",
     "Batch",
     "Cluster",
@@ -58,6 +61,7 @@ __all__ = [
     "EmbeddedPostgresError",
     "FencedError",
     "IntegrityError",
+    "InvalidForkError",
     "InvalidTransitionError",
     "Journal",
     "JournalError",
