@@ -19,6 +19,15 @@ from .errors import (
 from .faults import CrashingJournal, DelegatingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
+from .replay import (
+    HISTORY_FORMAT,
+    ReplayReport,
+    ReplayResult,
+    check_history_replays,
+    export_history,
+    load_history,
+    replay_check,
+)
 from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 from .tracing import (
@@ -39,6 +48,7 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "DEFAULT_RETRY",
+    "HISTORY_FORMAT",
     "NO_RETRY",
     "CrashingJournal",
     "DelegatingJournal",
@@ -46,6 +56,8 @@ __all__ = [
     "NonRetryableError",
     "OverloadedError",
     "Reader",
+    "ReplayReport",
+    "ReplayResult",
     "RestartPolicy",
     "RetinueError",
     "RetryPolicy",
@@ -63,14 +75,18 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowFn",
     "WriteSet",
+    "check_history_replays",
     "current_step",
     "event_type_of",
+    "export_history",
+    "load_history",
     "otlp_exporter_from_env",
     "parse_trace_ref",
     "parse_traceparent",
     "partition_of",
     "read_event_log",
     "replace_projection",
+    "replay_check",
     "trace_ref",
     "trace_spans",
     "workflow_spans",
