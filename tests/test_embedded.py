@@ -160,5 +160,7 @@ async def test_processes_starting_together_migrate_once(pg_dsn: str) -> None:
 
 
 def test_migrations_are_numbered_in_order() -> None:
+    # Gaps are fine (applied by set difference; branches take numbers in parallel),
+    # repeats and disorder are not.
     versions = [m.version for m in MIGRATIONS]
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert versions[0] == 1 and versions == sorted(set(versions))
