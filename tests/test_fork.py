@@ -10,8 +10,22 @@ import msgspec
 import pytest
 
 from actors import customer_actor_key, customer_id_for
-from journal import InvalidForkError, InvalidTransitionError, Journal, WorkflowNotFoundError
-from runtime import NonRetryableError, Runtime, UnknownWorkflowTypeError, WorkflowContext
+from journal import (
+    Batch,
+    InvalidForkError,
+    InvalidTransitionError,
+    Journal,
+    NewWorkflow,
+    StatusChange,
+    WorkflowNotFoundError,
+)
+from runtime import (
+    NonRetryableError,
+    Runtime,
+    UnknownWorkflowTypeError,
+    WorkflowContext,
+    partition_of,
+)
 from runtime.testing import assert_replays, open_test_runtime
 from tests.server_support import Served, invitation_token, serving
 
@@ -192,6 +206,14 @@ async def test_fork_validation_answers_say_what_to_fix(pg_dsn: str) -> None:
             assert (response.status, problem in answer["error"]) == (status, True), answer
         assert await served.journal.forks(original) == []
         assert await served.journal.forks(live.id) == []
+        # A workflow whose code this server does not have cannot be forked here.
+        await served.journal.create_workflow(NewWorkflow(
+            id="gone-1", name="retired", actor_key="r:1", partition=partition_of("r:1")))
+        await served.journal.append(Batch(partition=partition_of("r:1"), epoch=None, statuses=(
+            StatusChange(workflow_id="gone-1", status="failed"),)))
+        response = await client.post("/workflows/gone-1/fork", json={"from_seq": 1})
+        assert response.status == 409
+        assert "no workflow named 'retired' is registered" in (await response.json())["error"]
 
 
 async def test_fork_honours_an_idempotency_key(pg_dsn: str) -> None:

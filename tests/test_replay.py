@@ -8,13 +8,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from journal import Journal, WorkflowNotFoundError
+from journal import Batch, Journal, MemoryJournal, NewWorkflow, WorkflowNotFoundError
 from runtime import (
     HISTORY_FORMAT,
+    SYSTEM_CLOCK,
     NonRetryableError,
     WorkflowContext,
     export_history,
     load_history,
+    partition_of,
     replay_check,
 )
 from runtime.testing import assert_replays, check_history_replays, open_test_runtime
@@ -126,6 +128,41 @@ async def test_a_reordered_or_added_step_is_reported_with_seq_expected_found(
     assert "asked for step 'step b'" in report.describe()
     assert len(effects.calls) == calls
     assert await _journal_state(journal) == before
+
+
+async def test_a_step_added_at_the_end_replays_up_to_it(journal: Journal) -> None:
+    effects = Effects()
+    ids = await _history(journal, effects)
+
+    async def pay(ctx: WorkflowContext, n: int) -> int:  # a receipt after the old end
+        total = await _workflows(effects)["pay"](ctx, n)
+        await ctx.step("receipt", effects.act, "receipt", n)
+        return int(total)
+
+    calls = len(effects.calls)
+    (result,) = (await replay_check(journal, {"pay": pay}, ids=[ids["pay"]])).results
+    assert (result.outcome, result.ok, result.seq, result.expected, result.found) == (
+        "replays", True, 4, "step receipt", None)
+    assert "nothing is recorded there" in result.detail
+    assert len(effects.calls) == calls
+
+
+async def test_the_replay_host_refuses_every_write() -> None:
+    from runtime.replay import _ReplayHost, _Stop
+
+    host = _ReplayHost(MemoryJournal(), SYSTEM_CLOCK)
+    with pytest.raises(_Stop):
+        await host.commit(Batch(partition=0, epoch=None))
+    with pytest.raises(_Stop):
+        await host.next_event_seq("a:1")
+    for write in (lambda: host.events_committed("a:1", 1),
+                  lambda: host.child_started(NewWorkflow(id="c", name="n", actor_key="a",
+                                                         partition=0)),
+                  lambda: host.event_published("w", "k", 1)):
+        with pytest.raises(_Stop):
+            write()
+    assert (host.epoch_of(3), host.cancel_requested("w")) == (0, False)
+    assert host.partition_of("a:1") == partition_of("a:1")
 
 
 async def test_code_that_ends_before_its_history_does_is_a_mismatch(journal: Journal) -> None:
