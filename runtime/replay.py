@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
 
+import anyio
 import msgspec
 
 from journal import (
@@ -55,6 +56,9 @@ HISTORY_FORMAT: Final = "retinue.history/1"
 
 # Histories are read this many workflows at a time (one query each).
 _CHUNK: Final = 200
+# A replay serves recorded outcomes only, so it takes no time unless the code
+# awaits something that is not a step; past this it is reported, not waited for.
+DEFAULT_TIMEOUT: Final = 10.0
 # Outcomes, and those that fail the check.
 REPLAYS, MISMATCH, ERROR, UNKNOWN, MISSING = "replays", "mismatch", "error", "unknown", "missing"
 
@@ -193,10 +197,21 @@ def _result(row: WorkflowRow, outcome: str, detail: str, **fields: Any) -> Repla
 
 async def _replay_one(
     row: WorkflowRow, steps: Sequence[StepRecord], workflows: Mapping[str, WorkflowFn],
-    journal: Journal, clock: Clock = SYSTEM_CLOCK,
+    journal: Journal, clock: Clock = SYSTEM_CLOCK, timeout: float = DEFAULT_TIMEOUT,
 ) -> ReplayResult:
     """Replay one workflow's history (`steps`) against its registered code, with
-    no side effects and no writes. Cancellable."""
+    no side effects and no writes, for at most `timeout` seconds. Cancellable."""
+    with anyio.move_on_after(timeout) as scope:
+        return await _replay(row, steps, workflows, journal, clock)
+    assert scope.cancelled_caught
+    return _result(row, ERROR, f"the replay did not end within {timeout:g} s: the code awaits "
+                   "something outside its steps (make it a step)")
+
+
+async def _replay(
+    row: WorkflowRow, steps: Sequence[StepRecord], workflows: Mapping[str, WorkflowFn],
+    journal: Journal, clock: Clock,
+) -> ReplayResult:
     fn = workflows.get(row.name)
     if fn is None:
         return _result(row, UNKNOWN, f"no workflow named {row.name!r} is registered: "
@@ -239,12 +254,15 @@ def _ended(row: WorkflowRow, history: Mapping[int, StepRecord], asked: int) -> R
 
 async def replay_check(
     journal: Journal, registry: Mapping[str, WorkflowFn], *, ids: Sequence[str] | None = None,
-    workflow: str | None = None, finished: int = 0, clock: Clock = SYSTEM_CLOCK,
+    workflow: str | None = None, finished: int = 0, timeout: float = DEFAULT_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ReplayReport:
     """Replay stored histories against the code in `registry` (name -> workflow
     function, e.g. `Runtime.workflows`), reading only: every unfinished workflow
     plus the `finished` most recently finished ones, or just `ids`; only those
-    named `workflow` when given. Safe while servers run. Cancellable."""
+    named `workflow` when given. A replay that takes over `timeout` seconds is an
+    "error" (its code awaits something outside its steps). Safe while servers
+    run. Cancellable."""
     rows = await _select(journal, ids, workflow, finished)
     found = [row for row in rows if isinstance(row, WorkflowRow)]
     replayed: dict[str, ReplayResult] = {}
@@ -252,7 +270,8 @@ async def replay_check(
         chunk = found[start:start + _CHUNK]
         histories = await journal.load_histories([row.id for row in chunk])
         for row in chunk:
-            replayed[row.id] = await _replay_one(row, histories[row.id], registry, journal, clock)
+            replayed[row.id] = await _replay_one(row, histories[row.id], registry, journal,
+                                                 clock, timeout)
     return ReplayReport.of([
         replayed[row.id] if isinstance(row, WorkflowRow) else _missing(row) for row in rows
     ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -145,6 +146,22 @@ async def test_a_step_added_at_the_end_replays_up_to_it(journal: Journal) -> Non
         "replays", True, 4, "step receipt", None)
     assert "nothing is recorded there" in result.detail
     assert len(effects.calls) == calls
+
+
+async def test_code_that_awaits_outside_its_steps_is_reported_not_waited_for(
+    journal: Journal,
+) -> None:
+    ids = await _history(journal, Effects())
+    never = anyio.Event()
+
+    async def hold(ctx: WorkflowContext, n: int) -> int:
+        await never.wait()
+        return n
+
+    report = await replay_check(journal, {"hold": hold}, timeout=0.05)
+    (result,) = report.results
+    assert (result.workflow_id, result.outcome, result.ok) == (ids["hold"], "error", False)
+    assert "did not end within 0.05 s" in result.detail
 
 
 async def test_the_replay_host_refuses_every_write() -> None:
