@@ -17,6 +17,7 @@ from .errors import (
     WorkflowFailedError,
 )
 from .faults import CrashingJournal, DelegatingJournal
+from .forks import fork_workflow
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
 from .replay import (
@@ -79,6 +80,7 @@ __all__ = [
     "current_step",
     "event_type_of",
     "export_history",
+    "fork_workflow",
     "load_history",
     "otlp_exporter_from_env",
     "parse_trace_ref",

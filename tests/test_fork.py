@@ -24,6 +24,7 @@ from runtime import (
     Runtime,
     UnknownWorkflowTypeError,
     WorkflowContext,
+    fork_workflow,
     partition_of,
 )
 from runtime.testing import assert_replays, open_test_runtime
@@ -100,6 +101,26 @@ async def test_a_fork_after_a_fix_runs_from_its_seq_and_nothing_before(journal: 
         again, _ = await rt.fork(original, 1)
         assert (await rt.wait_for_finish(again.id, 10)).status == "completed"  # type: ignore[union-attr]
         assert shop.calls == {"s1": 2, "s2": 2, "s3": 3, "s4": 2}
+
+
+async def test_a_fork_from_a_process_without_a_runtime_runs_on_the_owner(
+    journal: Journal,
+) -> None:
+    shop = Shop()
+    async with open_test_runtime(journal=journal) as rt:
+        rt.register(shop.buggy(), name="checkout")
+        original = await _failed_checkout(rt, shop)
+        rt.register(shop.fixed(), name="checkout")
+        # What the operator's CLI does: the journal, and a wake-up for the owner.
+        fork, created = await fork_workflow(journal, original, 4, idempotency_key="cli-1")
+        assert created and fork.forked_from == original
+        done = await rt.wait_for_finish(fork.id, 10)
+        assert done is not None and done.result == ["s1", "s2", "s3-fixed", "s4"], done
+        again, created = await fork_workflow(journal, original, 4, idempotency_key="cli-1")
+        assert (again.id, created) == (fork.id, False)
+        assert shop.calls == {"s1": 1, "s2": 1, "s3": 2, "s4": 1}
+        with pytest.raises(InvalidForkError):
+            await fork_workflow(journal, original, 9)
 
 
 async def test_a_fork_is_refused_for_a_bad_seq_a_live_or_unknown_workflow(
