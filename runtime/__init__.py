@@ -4,11 +4,14 @@ Import from here; the modules behind it are private.
 """
 
 from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock, VirtualClock
+from .cluster import ClusterSettings
+from .commands import Operator
 from .context import StepInfo, Wakeup, WorkflowContext, current_step
 from .errors import (
     NonDeterminismError,
     NonRetryableError,
     OverloadedError,
+    PayloadDecodeError,
     RetinueError,
     SimulatedCrash,
     StepFailedError,
@@ -29,7 +32,12 @@ from .replay import (
     load_history,
     replay_check,
 )
-from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
+from .store import (
+    Reader,
+    WriteSet,
+    event_type_of,
+    rebuild_from_log,
+)
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 from .tracing import (
     Span,
@@ -51,11 +59,14 @@ __all__ = [
     "DEFAULT_RETRY",
     "HISTORY_FORMAT",
     "NO_RETRY",
+    "ClusterSettings",
     "CrashingJournal",
     "DelegatingJournal",
     "NonDeterminismError",
     "NonRetryableError",
+    "Operator",
     "OverloadedError",
+    "PayloadDecodeError",
     "Reader",
     "ReplayReport",
     "ReplayResult",
@@ -86,8 +97,7 @@ __all__ = [
     "parse_trace_ref",
     "parse_traceparent",
     "partition_of",
-    "read_event_log",
-    "replace_projection",
+    "rebuild_from_log",
     "replay_check",
     "trace_ref",
     "trace_spans",

@@ -21,6 +21,7 @@ from journal import (
 )
 from runtime import (
     NonRetryableError,
+    Operator,
     Runtime,
     UnknownWorkflowTypeError,
     WorkflowContext,
@@ -116,7 +117,7 @@ async def test_a_fork_from_a_process_without_a_runtime_runs_on_the_owner(
         assert created and fork.forked_from == original
         done = await rt.wait_for_finish(fork.id, 10)
         assert done is not None and done.result == ["s1", "s2", "s3-fixed", "s4"], done
-        again, created = await fork_workflow(journal, original, 4, idempotency_key="cli-1")
+        again, created = await Operator(journal).fork(original, 4, idempotency_key="cli-1")
         assert (again.id, created) == (fork.id, False)
         assert shop.calls == {"s1": 1, "s2": 1, "s3": 2, "s4": 1}
         with pytest.raises(InvalidForkError):

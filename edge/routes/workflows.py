@@ -190,3 +190,8 @@ def _step(step: StepRecord) -> StepReply:
         started_at=step.started_at, finished_at=step.finished_at, fire_at=step.fire_at,
         output=redact(step.output), error=step.error, history=step.history,
     )
+
+
+# The operator CLI (edge/cli) shows rows it reads from the database as the API does.
+workflow_summary = _summary
+step_reply = _step
