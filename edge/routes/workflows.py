@@ -35,6 +35,7 @@ from edge.validation import (
 from journal import (
     InvalidForkError,
     InvalidTransitionError,
+    Journal,
     StepRecord,
     WorkflowNotFoundError,
     WorkflowRow,
@@ -108,20 +109,7 @@ class Workflows:
         ))
 
     async def get_workflow(self, request: web.Request) -> web.Response:
-        wid = workflow_id(request)
-        row = await self._s.journal.get_workflow(wid)
-        if row is None:
-            raise WorkflowNotFoundError(wid)
-        steps = await self._s.journal.load_steps(wid)
-        children = await self._s.journal.children(wid)
-        forks = await self._s.journal.forks(wid)
-        return json_response(200, WorkflowReply(
-            **msgspec.structs.asdict(_summary(row)),
-            input=redact(row.input), result=redact(row.result),
-            steps=[_step(step) for step in steps],
-            children=[_summary(child) for child in children],
-            forks=[_summary(fork) for fork in forks],
-        ))
+        return json_response(200, await workflow_detail(self._s.journal, workflow_id(request)))
 
     async def export(self, request: web.Request) -> web.Response:
         exported = await export_history(self._s.journal, workflow_id(request))
@@ -173,6 +161,24 @@ class Workflows:
         ), {"Location": url})
 
 
+async def workflow_detail(journal: Journal, wid: str) -> WorkflowReply:
+    """GET /workflows/{id}'s answer: the workflow with its steps, children and
+    forks (tokens redacted). Raises WorkflowNotFoundError."""
+    row = await journal.get_workflow(wid)
+    if row is None:
+        raise WorkflowNotFoundError(wid)
+    steps = await journal.load_steps(wid)
+    children = await journal.children(wid)
+    forks = await journal.forks(wid)
+    return WorkflowReply(
+        **msgspec.structs.asdict(_summary(row)),
+        input=redact(row.input), result=redact(row.result),
+        steps=[_step(step) for step in steps],
+        children=[_summary(child) for child in children],
+        forks=[_summary(fork) for fork in forks],
+    )
+
+
 def _summary(row: WorkflowRow) -> WorkflowSummary:
     """A workflow row as the API shows it in lists."""
     return WorkflowSummary(
@@ -194,4 +200,3 @@ def _step(step: StepRecord) -> StepReply:
 
 # The operator CLI (edge/cli) shows rows it reads from the database as the API does.
 workflow_summary = _summary
-step_reply = _step
