@@ -265,8 +265,9 @@ export function workflowView(root, params, id) {
       card("Result", detail.result === null ? empty(isFinished(detail.status)
         ? "No result." : "Not finished yet.") : jsonBlock(detail.result)),
       card(`Children (${detail.children.length})`, childrenTable(detail.children)),
-      detail.forks && detail.forks.length
-        ? card(`Forks (${detail.forks.length})`, childrenTable(detail.forks)) : null,
+      // replaceChildren would draw a null as the text "null".
+      ...(detail.forks && detail.forks.length
+        ? [card(`Forks (${detail.forks.length})`, childrenTable(detail.forks))] : []),
       card(h("span", {}, "Event log ", h("span", { class: "muted small" }, "of "),
         actorLink(detail.actor_key)), eventLog(events.events, ids, state.open)));
   }

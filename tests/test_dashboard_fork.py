@@ -47,6 +47,8 @@ async def test_the_fork_button_forks_from_the_chosen_step(pg_dsn: str) -> None:
                 await page.wait_for_url(f"**#/workflows/{fork.id}")
                 head = page.locator(".wf-head")
                 await head.get_by_text("Forked from").wait_for()
+                side = await page.locator(".side").inner_text()
+                assert "null" not in side.split(), side  # no card drawn for no forks
 
                 async def completed() -> bool:
                     row = await served.journal.get_workflow(fork.id)
