@@ -32,6 +32,7 @@ __all__ = [
     "InternalError",
     "InvalidBody",
     "InvalidEmail",
+    "InvalidFork",
     "InvalidId",
     "InvalidIdempotencyKey",
     "InvalidQuery",
@@ -318,6 +319,12 @@ class Conflict(ApiError):
         return cls(409, str(exc), reason="invalid_transition")
 
     @classmethod
+    def not_forkable(cls, workflow_id: str, status: str) -> Conflict:
+        return cls(409, f"workflow {workflow_id} is {status}: only a finished or parked "
+                   f"workflow can be forked; cancel it first (POST /workflows/{workflow_id}"
+                   "/cancel), then fork it", reason="invalid_transition")
+
+    @classmethod
     def cancelled(cls, workflow_id: str, what: str) -> Conflict:
         return cls(409, f"the {what} workflow {workflow_id} was cancelled by an operator; "
                    f"see GET /workflows/{workflow_id}")
@@ -347,6 +354,13 @@ class UnsupportedMediaType(ApiError):
             message = (f"the body is {content_type!r}; send it as "
                        "Content-Type: application/json")
         super().__init__(415, message, reason="unsupported_media_type")
+
+
+class InvalidFork(ApiError):
+    """422: a fork from a seq the workflow does not have."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, f"{message} - at `$.from_seq`", reason="invalid_fork")
 
 
 class IdempotencyConflict(ApiError):

@@ -30,6 +30,9 @@ __all__ = [
     "EventReply",
     "EventsQuery",
     "EventsReply",
+    "ForkReply",
+    "ForkRequest",
+    "HistoryExport",
     "InviteReply",
     "InviteRequest",
     "Latency",
@@ -79,6 +82,13 @@ class InviteRequest(_Body, frozen=True):
 
 class VerifyRequest(_Body, frozen=True):
     token: str
+
+
+class ForkRequest(_Body, frozen=True):
+    """Start the workflow again from step `from_seq`: its completed steps before
+    it are kept (not run again), the rest run with today's code."""
+
+    from_seq: int
 
 
 class WorkflowQuery(_Body, frozen=True):
@@ -190,6 +200,9 @@ class WorkflowSummary(_Reply, frozen=True):
     # Set once retention removed its steps, signals and published events (it had
     # finished longer ago than RETINUE_RETENTION): `steps` is empty then, not lost.
     pruned_at: datetime | None
+    # A fork: the workflow it was forked from, and at which seq (else null).
+    forked_from: str | None
+    forked_at_seq: int | None
 
 
 class StepReply(_Reply, frozen=True):
@@ -212,6 +225,8 @@ class WorkflowReply(WorkflowSummary, frozen=True):
     result: Any
     steps: list[StepReply]
     children: list[WorkflowSummary]
+    # The workflows forked from this one, oldest first.
+    forks: list[WorkflowSummary]
 
 
 class WorkflowsReply(_Reply, frozen=True):
@@ -226,6 +241,25 @@ class ActionReply(_Reply, frozen=True):
     action: str
     workflows: list[str]
     status_url: str
+
+
+class ForkReply(_Reply, frozen=True):
+    """A fork was accepted: `workflow_id` is the new workflow; it runs from `from_seq`."""
+
+    workflow_id: str
+    forked_from: str
+    from_seq: int
+    status_url: str
+
+
+class HistoryExport(_Reply, frozen=True):
+    """One workflow's history (runtime.export_history, tokens redacted): its row,
+    steps and signals. `runtime.testing.assert_replays` checks that code replays it."""
+
+    format: str
+    workflow: dict[str, Any]
+    steps: list[dict[str, Any]]
+    signals: list[dict[str, Any]]
 
 
 class DeadLetterReply(_Reply, frozen=True):

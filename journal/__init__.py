@@ -20,6 +20,7 @@ from .errors import (
     EmbeddedPostgresError,
     FencedError,
     IntegrityError,
+    InvalidForkError,
     InvalidTransitionError,
     JournalError,
     JournalUnavailableError,
@@ -30,6 +31,7 @@ from .memory import MemoryJournal
 from .postgres import PostgresJournal, open_journal
 from .records import (
     FINISHED_STATUSES,
+    FORKABLE_STATUSES,
     PARTITION_COUNT,
     Batch,
     DeadLetter,
@@ -47,6 +49,7 @@ from .records import (
 
 __all__ = [
     "FINISHED_STATUSES",
+    "FORKABLE_STATUSES",
     "PARTITION_COUNT",
     "Batch",
     "Cluster",
@@ -59,6 +62,7 @@ __all__ = [
     "EmbeddedPostgresError",
     "FencedError",
     "IntegrityError",
+    "InvalidForkError",
     "InvalidTransitionError",
     "Journal",
     "JournalError",

@@ -11,8 +11,15 @@ import msgspec
 
 from ._mem_state import MemoryState
 from .base import WaitingStep, Workflows
-from .errors import InvalidTransitionError
-from .records import FINISHED_STATUSES, Signal, StepRecord, WorkflowPage, WorkflowRow
+from .errors import InvalidForkError, InvalidTransitionError
+from .records import (
+    FINISHED_STATUSES,
+    FORKABLE_STATUSES,
+    Signal,
+    StepRecord,
+    WorkflowPage,
+    WorkflowRow,
+)
 
 __all__ = ["MemoryWorkflows"]
 
@@ -151,6 +158,55 @@ class MemoryWorkflows(MemoryState, Workflows):
             self._workflows[workflow_id] = msgspec.structs.replace(
                 row, status="pending", error=None, updated_at=self._now()
             )
+
+    async def fork_workflow(
+        self, workflow_id: str, from_seq: int, new_id: str, *,
+        idempotency_key: str | None = None, request_hash: str | None = None, trace_id: str = "",
+    ) -> tuple[WorkflowRow, bool]:
+        async with self._lock:
+            taken = None if idempotency_key is None else self._by_idempotency_key.get(
+                idempotency_key)
+            if taken is not None:
+                return self._workflows[taken], False
+            original = self._require(workflow_id)
+            if original.status not in FORKABLE_STATUSES:
+                raise InvalidTransitionError(workflow_id, original.status, "fork")
+            steps = self._steps.get(workflow_id, {})
+            last = max(steps, default=0)
+            if not 1 <= from_seq <= last + 1:
+                raise InvalidForkError(workflow_id, from_seq, last)
+            now = self._now()
+            fork = WorkflowRow(
+                id=new_id, name=original.name, actor_key=original.actor_key,
+                partition=original.partition, status="pending", input=original.input,
+                idempotency_key=idempotency_key, request_hash=request_hash, trace_id=trace_id,
+                created_at=now, updated_at=now, position=next(self._positions),
+                forked_from=workflow_id, forked_at_seq=from_seq,
+            )
+            self._workflows[new_id] = fork
+            if idempotency_key is not None:
+                self._by_idempotency_key[idempotency_key] = new_id
+            self._copy_steps(steps, new_id, from_seq)
+            return fork, True
+
+    def _copy_steps(self, steps: dict[int, StepRecord], new_id: str, before: int) -> None:
+        """The completed steps of seq < `before`, as the fork's (and the values of
+        the events they published)."""
+        copied = self._steps.setdefault(new_id, {})
+        for seq in sorted(steps):
+            step = steps[seq]
+            if seq >= before or step.status != "completed":
+                continue
+            copied[seq] = msgspec.structs.replace(step, workflow_id=new_id, run_id=None)
+            if step.kind == "event":
+                self._workflow_events.setdefault((new_id, step.name), step.output)
+
+    async def forks(self, workflow_id: str) -> list[WorkflowRow]:
+        found = [r for r in self._workflows.values() if r.forked_from == workflow_id]
+        return sorted(found, key=lambda r: r.position)
+
+    async def workflow_signals(self, workflow_id: str) -> list[Signal]:
+        return [s for s in self._signals.values() if s.workflow_id == workflow_id]
 
     # -- signals and workflow events ----------------------------------------
 

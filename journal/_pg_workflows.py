@@ -10,8 +10,15 @@ from typing import Any, Final
 from ._pg_shared import UNFINISHED, WORKFLOW_COLUMNS, PostgresBase, optional, workflow_row
 from ._pgconn import Conn, boundary
 from .base import WaitingStep, Workflows
-from .errors import InvalidTransitionError, WorkflowNotFoundError
-from .records import FINISHED_STATUSES, Signal, StepRecord, WorkflowPage, WorkflowRow
+from .errors import InvalidForkError, InvalidTransitionError, WorkflowNotFoundError
+from .records import (
+    FINISHED_STATUSES,
+    FORKABLE_STATUSES,
+    Signal,
+    StepRecord,
+    WorkflowPage,
+    WorkflowRow,
+)
 
 __all__ = ["PostgresWorkflows"]
 
@@ -101,6 +108,41 @@ _RETRY_WORKFLOW: Final = (
     "UPDATE workflows SET status = 'pending', error = NULL, updated_at = now() WHERE id = $1"
 )
 
+_BY_IDEMPOTENCY_KEY: Final = (
+    "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE idempotency_key = $1"
+)
+_LAST_SEQ: Final = "SELECT coalesce(max(seq), 0) FROM steps WHERE workflow_id = $1"
+# ON CONFLICT: a concurrent fork with the same idempotency key won (its row is
+# read after); the id is fresh, so it cannot collide.
+_INSERT_FORK: Final = (
+    """
+INSERT INTO workflows (id, name, actor_key, partition, input, idempotency_key,
+                       request_hash, trace_id, forked_from, forked_at_seq)
+SELECT $2, name, actor_key, partition, input, $3, $4, $5, id, $6
+FROM workflows WHERE id = $1
+ON CONFLICT DO NOTHING
+RETURNING"""
+    + WORKFLOW_COLUMNS
+)
+# A copied step keeps its record (output, times, attempts) but not the run or
+# epoch that wrote it: no run of the fork has written anything yet.
+_COPY_STEPS: Final = """
+INSERT INTO steps (workflow_id, seq, partition, name, kind, status, attempt, input, output,
+                   error, started_at, finished_at, fire_at, history)
+SELECT $2, seq, partition, name, kind, status, attempt, input, output,
+       error, started_at, finished_at, fire_at, history
+FROM steps WHERE workflow_id = $1 AND seq < $3 AND status = 'completed'
+"""
+_COPY_EVENTS: Final = """
+INSERT INTO workflow_events (workflow_id, key, value)
+SELECT $2, name, output FROM steps
+WHERE workflow_id = $1 AND seq < $3 AND status = 'completed' AND kind = 'event'
+ON CONFLICT DO NOTHING
+"""
+_FORKS: Final = (
+    "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE forked_from = $1 ORDER BY position"
+)
+
 _SIGNAL_COLUMNS: Final = " id, workflow_id, name, payload, consumed, created_at "
 _SEND_SIGNAL: Final = (
     """
@@ -115,6 +157,9 @@ _NEXT_SIGNAL: Final = (
     + """FROM signals
 WHERE workflow_id = $1 AND name = $2 AND NOT consumed
 ORDER BY id LIMIT 1"""
+)
+_WORKFLOW_SIGNALS: Final = (
+    "SELECT" + _SIGNAL_COLUMNS + "FROM signals WHERE workflow_id = $1 ORDER BY id"
 )
 _GET_WORKFLOW_EVENT: Final = "SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2"
 
@@ -204,6 +249,39 @@ class PostgresWorkflows(PostgresBase, Workflows):
             await conn.execute(_RETRY_STEPS, workflow_id)
             await conn.execute(_RETRY_WORKFLOW, workflow_id)
 
+    @boundary
+    async def fork_workflow(
+        self, workflow_id: str, from_seq: int, new_id: str, *,
+        idempotency_key: str | None = None, request_hash: str | None = None, trace_id: str = "",
+    ) -> tuple[WorkflowRow, bool]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            existing = await _by_key_txn(conn, idempotency_key)
+            if existing is not None:
+                return existing, False
+            status = await _lock_status_txn(conn, workflow_id)
+            if status not in FORKABLE_STATUSES:
+                raise InvalidTransitionError(workflow_id, status, "fork")
+            last = int(await conn.fetchval(_LAST_SEQ, workflow_id))
+            if not 1 <= from_seq <= last + 1:
+                raise InvalidForkError(workflow_id, from_seq, last)
+            row = await conn.fetchrow(_INSERT_FORK, workflow_id, new_id, idempotency_key,
+                                      request_hash, trace_id, from_seq)
+            if row is None:  # a concurrent fork took the key first
+                winner = await _by_key_txn(conn, idempotency_key)
+                assert winner is not None
+                return winner, False
+            await conn.execute(_COPY_STEPS, workflow_id, new_id, from_seq)
+            await conn.execute(_COPY_EVENTS, workflow_id, new_id, from_seq)
+            return workflow_row(row), True
+
+    @boundary
+    async def forks(self, workflow_id: str) -> list[WorkflowRow]:
+        return [workflow_row(row) for row in await self._pool.fetch(_FORKS, workflow_id)]
+
+    @boundary
+    async def workflow_signals(self, workflow_id: str) -> list[Signal]:
+        return [Signal(**row) for row in await self._pool.fetch(_WORKFLOW_SIGNALS, workflow_id)]
+
     # -- signals and workflow events ----------------------------------------
 
     @boundary
@@ -222,6 +300,13 @@ class PostgresWorkflows(PostgresBase, Workflows):
     async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:
         row = await self._pool.fetchrow(_GET_WORKFLOW_EVENT, workflow_id, key)
         return (False, None) if row is None else (True, row["value"])
+
+
+async def _by_key_txn(conn: Conn, idempotency_key: str | None) -> WorkflowRow | None:
+    """The workflow that holds `idempotency_key` (None for no key)."""
+    if idempotency_key is None:
+        return None
+    return optional(workflow_row, await conn.fetchrow(_BY_IDEMPOTENCY_KEY, idempotency_key))
 
 
 async def _lock_status_txn(conn: Conn, workflow_id: str) -> str:

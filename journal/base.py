@@ -228,6 +228,29 @@ class Workflows(Protocol):
         Raises WorkflowNotFoundError, InvalidTransitionError unless failed."""
 
     @abc.abstractmethod
+    async def fork_workflow(
+        self, workflow_id: str, from_seq: int, new_id: str, *,
+        idempotency_key: str | None = None, request_hash: str | None = None, trace_id: str = "",
+    ) -> tuple[WorkflowRow, bool]:
+        """Accept workflow `new_id` as a fork of `workflow_id`, in one transaction:
+        the same name, input and actor key, pending, with copies of the original's
+        completed steps of seq < `from_seq` (their recorded outputs, so they do
+        not run again; a published event's value too) and `forked_from` /
+        `forked_at_seq` set. Returns (row, created); with an `idempotency_key`
+        already used, that workflow with created=False, and nothing is written.
+        Raises WorkflowNotFoundError; InvalidTransitionError unless the original
+        is finished or parked (FORKABLE_STATUSES); InvalidForkError unless
+        1 <= from_seq <= its last seq + 1."""
+
+    @abc.abstractmethod
+    async def forks(self, workflow_id: str) -> list[WorkflowRow]:
+        """The workflows forked from `workflow_id`, oldest first."""
+
+    @abc.abstractmethod
+    async def workflow_signals(self, workflow_id: str) -> list[Signal]:
+        """Every signal sent to the workflow, consumed or not, oldest first."""
+
+    @abc.abstractmethod
     async def runnable_workflows(
         self, partitions: Collection[int], signals_after: int
     ) -> tuple[list[WorkflowRow], int]:

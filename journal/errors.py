@@ -10,6 +10,7 @@ __all__ = [
     "StaleRunError",
     "WorkflowNotFoundError",
     "InvalidTransitionError",
+    "InvalidForkError",
     "EmbeddedPostgresError",
 ]
 
@@ -76,6 +77,20 @@ class InvalidTransitionError(JournalError):
         self.workflow_id = workflow_id
         self.status = status
         super().__init__(f"cannot {action} workflow {workflow_id!r}: its status is {status!r}")
+
+
+class InvalidForkError(JournalError):
+    """A fork asked for a seq the original cannot be forked at."""
+
+    def __init__(self, workflow_id: str, from_seq: int, last_seq: int) -> None:
+        self.workflow_id = workflow_id
+        self.from_seq = from_seq
+        self.last_seq = last_seq
+        super().__init__(
+            f"cannot fork workflow {workflow_id!r} from seq {from_seq}: choose a seq from 1 "
+            f"to {last_seq + 1} (its last step is seq {last_seq}; steps before the seq are "
+            "kept, the rest run again)"
+        )
 
 
 class EmbeddedPostgresError(JournalError):

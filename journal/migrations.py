@@ -15,6 +15,7 @@ from ._migrations import (
     v3_nodes,
     v4_fences,
     v6_retention,
+    v7_forks,
 )
 from ._pgconn import Conn
 
@@ -36,6 +37,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
               v4_fences.SQL),
     Migration(6, "retention: pruned workflows, and the indexes the pruner reads",
               v6_retention.SQL),
+    Migration(7, "forks: forked_from and forked_at_seq, indexed", v7_forks.SQL),
 )
 
 # Any constant shared by every Retinue process; it names the migration lock.

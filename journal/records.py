@@ -16,6 +16,7 @@ import msgspec
 __all__ = [
     "PARTITION_COUNT",
     "FINISHED_STATUSES",
+    "FORKABLE_STATUSES",
     "Batch",
     "DeadLetter",
     "Document",
@@ -34,6 +35,8 @@ __all__ = [
 PARTITION_COUNT: Final = 256
 
 FINISHED_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+# What an operator may fork: nothing runs these (parked waits for new code or an operator).
+FORKABLE_STATUSES: Final = FINISHED_STATUSES | {"parked"}
 
 
 class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +75,10 @@ class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
     # When retention removed its steps, signals and published events (it had
     # finished long enough ago); None while they are kept. See `Retention`.
     pruned_at: datetime | None = None
+    # A fork (see Workflows.fork_workflow): the workflow it was forked from, and
+    # the seq it was forked at (the original's completed steps before it were copied).
+    forked_from: str | None = None
+    forked_at_seq: int | None = None
 
 
 class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,8 +20,18 @@ from .errors import (
     WorkflowFailedError,
 )
 from .faults import CrashingJournal, DelegatingJournal
+from .forks import fork_workflow
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
+from .replay import (
+    HISTORY_FORMAT,
+    ReplayReport,
+    ReplayResult,
+    check_history_replays,
+    export_history,
+    load_history,
+    replay_check,
+)
 from .retention import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_RETENTION,
@@ -57,6 +67,7 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "DEFAULT_RETRY",
+    "HISTORY_FORMAT",
     "NO_RETRY",
     "ClusterSettings",
     "CrashingJournal",
@@ -69,6 +80,8 @@ __all__ = [
     "PruneCounts",
     "Pruner",
     "Reader",
+    "ReplayReport",
+    "ReplayResult",
     "RestartPolicy",
     "RetentionSettings",
     "RetinueError",
@@ -87,14 +100,19 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowFn",
     "WriteSet",
+    "check_history_replays",
     "current_step",
     "event_type_of",
+    "export_history",
+    "fork_workflow",
+    "load_history",
     "otlp_exporter_from_env",
     "parse_trace_ref",
     "parse_traceparent",
     "prune_journal",
     "partition_of",
     "rebuild_from_log",
+    "replay_check",
     "trace_ref",
     "trace_spans",
     "workflow_spans",

@@ -1,5 +1,5 @@
-"""The operator's commands (cancel, retry, redeliver): one code path for a node and
-for a tool that hosts nothing.
+"""The operator's commands (cancel, retry, redeliver; fork, in forks.py): one code
+path for a node and for a tool that hosts nothing.
 
 Each command writes what it means to the journal, then asks for a Run of each
 workflow it reaches. Where that Run goes is the `Router`'s business: a Runtime
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from journal import DeadLetter, Journal
+from journal import DeadLetter, Journal, WorkflowRow
 
 from .cluster import wake_payload
+from .forks import fork_workflow
 
 __all__ = ["Operator", "Router", "cancel", "redeliver", "retry"]
 
@@ -131,3 +132,11 @@ class Operator:
         letter = await redeliver(self._journal, router, letter_id)
         await router.send(self._journal)
         return letter
+
+    async def fork(
+        self, workflow_id: str, from_seq: int, *, idempotency_key: str | None = None
+    ) -> tuple[WorkflowRow, bool]:
+        """See `runtime.fork_workflow`: the fork is accepted in the journal and its
+        partition's owner woken; (row, created)."""
+        return await fork_workflow(self._journal, workflow_id, from_seq,
+                                   idempotency_key=idempotency_key)

@@ -27,6 +27,8 @@ class NonDeterminismError(RetinueError):
     def __init__(self, workflow_id: str, seq: int, expected: str, found: str) -> None:
         self.workflow_id = workflow_id
         self.seq = seq
+        self.expected = expected  # what the code asked for
+        self.found = found  # what the journal holds at seq
         super().__init__(
             f"workflow {workflow_id!r} at seq {seq} asked for step {expected!r}, but the journal "
             f"holds {found!r} there. Check that your workflow is deterministic: the same input "

@@ -149,6 +149,21 @@ class DelegatingJournal(Journal):
     async def retry_workflow(self, workflow_id: str) -> None:
         await self.inner.retry_workflow(workflow_id)
 
+    async def fork_workflow(
+        self, workflow_id: str, from_seq: int, new_id: str, *,
+        idempotency_key: str | None = None, request_hash: str | None = None, trace_id: str = "",
+    ) -> tuple[WorkflowRow, bool]:
+        return await self.inner.fork_workflow(
+            workflow_id, from_seq, new_id, idempotency_key=idempotency_key,
+            request_hash=request_hash, trace_id=trace_id,
+        )
+
+    async def forks(self, workflow_id: str) -> list[WorkflowRow]:
+        return await self.inner.forks(workflow_id)
+
+    async def workflow_signals(self, workflow_id: str) -> list[Signal]:
+        return await self.inner.workflow_signals(workflow_id)
+
     # -- signals and workflow events ----------------------------------------
 
     async def send_signal(self, workflow_id: str, name: str, payload: Any) -> Signal:

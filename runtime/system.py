@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
 
 import anyio
@@ -152,6 +152,11 @@ class Runtime:
         """Make `fn(ctx, input)` startable as workflow `name` (default: its __name__)."""
         self._workflows[name or fn.__name__] = fn
         return fn
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowFn]:
+        """The registered workflows by name (read-only): what `replay_check` replays."""
+        return MappingProxyType(self._workflows)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -342,6 +347,46 @@ class Runtime:
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
         await commands.retry(self.journal, self._router, workflow_id)
+
+    async def fork(
+        self, workflow_id: str, from_seq: int, *, idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[WorkflowRow, bool]:
+        """Start a new workflow from a finished (or parked) one: the same name,
+        input and actor key, with the original's completed steps before `from_seq`
+        kept (they do not run again), linked both ways (`forked_from`,
+        `Journal.forks`). Accepted like a new workflow and run by its partition's
+        owner. Returns (row, created); with a used `idempotency_key`, that fork
+        and created=False. Raises WorkflowNotFoundError, UnknownWorkflowTypeError,
+        InvalidTransitionError (not finished or parked: cancel it first),
+        InvalidForkError (from_seq outside 1..last seq + 1), and OverloadedError
+        (nothing written) past a bound."""
+        self._check_open()
+        original = await self.journal.get_workflow(workflow_id)
+        if original is None:
+            raise WorkflowNotFoundError(workflow_id)
+        if original.name not in self._workflows:
+            raise UnknownWorkflowTypeError(original.name, list(self._workflows))
+        self._check_capacity(original.actor_key)
+        new_id = self._new_id()
+        reserved = self._placement.admit(new_id, reserve=True)
+        try:
+            row, created = await self.journal.fork_workflow(
+                workflow_id, from_seq, new_id, idempotency_key=idempotency_key,
+                request_hash=request_hash, trace_id=self._new_id(),
+            )
+        except BaseException:
+            self._placement.withdraw(new_id, reserved)
+            raise
+        if not created:
+            self._placement.withdraw(new_id, reserved)
+            if row.status == "pending":  # as in start_workflow: its queueing may be lost
+                self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+            return row, False
+        self.metrics.workflows_started.labels(row.name).inc()
+        # Never trusted: its first Run must read the copied steps from the journal.
+        self._placement.accepted(row.actor_key, row, reserved, trusted=False)
+        return row, True
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's message to its actor again; None if unknown or taken.

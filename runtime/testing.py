@@ -8,22 +8,47 @@
 
 With journal="postgres" it uses DATABASE_URL when set, else a private embedded
 PostgreSQL in a temporary folder that is removed afterwards.
+
+And a check that today's code still replays a stored history (see runtime/replay.py):
+
+    exported = await export_history(runtime.journal, row.id)   # keep it as a JSON file
+    await assert_replays(exported, runtime.workflows)          # later, in a test
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from journal import Journal, MemoryJournal, open_journal
 
 from .clock import VirtualClock
+from .replay import ReplayResult, check_history_replays, export_history
 from .system import Runtime, WorkflowFn
 
-__all__ = ["VirtualClock", "open_test_runtime"]
+__all__ = [
+    "VirtualClock",
+    "assert_replays",
+    "check_history_replays",
+    "export_history",
+    "open_test_runtime",
+]
+
+
+async def assert_replays(
+    exported: Mapping[str, Any] | bytes | str, registry: Mapping[str, WorkflowFn]
+) -> ReplayResult:
+    """Assert that the code in `registry` (e.g. `runtime.workflows`) replays an
+    exported history (`export_history`, or GET /workflows/{id}/export) cleanly;
+    the AssertionError names the seq, the step asked for and the step recorded."""
+    result = await check_history_replays(exported, registry)
+    if not result.ok:
+        raise AssertionError(
+            f"workflow {result.workflow_id} ({result.name}) does not replay: {result.detail}")
+    return result
 
 
 @asynccontextmanager

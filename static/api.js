@@ -44,13 +44,18 @@ function url(path, params) {
   return target;
 }
 
-async function call(method, path, params) {
+async function call(method, path, params, payload) {
   for (;;) {
     const headers = { Accept: "application/json" };
     if (method === "POST") headers["Content-Type"] = "application/json";
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(url(path, params), { method, headers });
+    const init = { method, headers };
+    if (payload !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    const response = await fetch(url(path, params), init);
     if (response.status === 401) {
       await askForToken(Boolean(token));
       continue;
@@ -99,5 +104,6 @@ export const api = {
   deadLetters: () => call("GET", "/dead-letters"),
   retry: (id) => call("POST", `/workflows/${enc(id)}/retry`),
   cancel: (id) => call("POST", `/workflows/${enc(id)}/cancel`),
+  fork: (id, fromSeq) => call("POST", `/workflows/${enc(id)}/fork`, null, { from_seq: fromSeq }),
   redeliver: (id) => call("POST", `/dead-letters/${enc(id)}/redeliver`),
 };

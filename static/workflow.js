@@ -14,6 +14,11 @@ function field(label, ...value) {
   return [h("dt", {}, label), h("dd", {}, ...value)];
 }
 
+/** Nothing runs it: an operator may fork it (see POST /workflows/{id}/fork). */
+function forkable(status) {
+  return isFinished(status) || status === "parked";
+}
+
 function header(wf, actions) {
   const ended = isFinished(wf.status);
   const took = (ended ? toMs(wf.updated_at) : Date.now()) - toMs(wf.created_at);
@@ -29,6 +34,8 @@ function header(wf, actions) {
       field("ID", h("span", { class: "mono" }, wf.id), copyButton(wf.id)),
       field("Actor", actorLink(wf.actor_key)),
       wf.parent_id ? field("Parent", idLink(wf.parent_id)) : null,
+      wf.forked_from ? field("Forked from", idLink(wf.forked_from),
+        ` at step #${wf.forked_at_seq}`) : null,
       field("Trace", h("span", { class: "mono", title: wf.trace_id }, wf.trace_id.slice(0, 16) + "…"),
         copyButton(wf.trace_id)),
       field("Created", when(wf.created_at)),
@@ -65,7 +72,7 @@ function liveStatus(span) {
   return span.status === "started" ? "running" : span.status;
 }
 
-function spanDetails(span, detail) {
+function spanDetails(span, detail, onFork) {
   if (!span) return empty("Click a row of the timeline to see its output, error and attempts.");
   const step = detail && span.seq ? detail.steps.find((st) => st.seq === span.seq) : null;
   const end = span.finished_at ? toMs(span.finished_at) : Date.now();
@@ -88,6 +95,11 @@ function spanDetails(span, detail) {
   if (span.child_workflow_id) {
     out.push(h("p", {}, h("a", { class: "btn", href: workflowHref(span.child_workflow_id) },
       "Open child workflow →")));
+  }
+  if (onFork && span.seq) {
+    out.push(h("p", {}, h("button", { class: "btn", type: "button", "data-action": "fork-here",
+      title: "A new workflow keeps the completed steps before this one and runs the rest",
+      onclick: () => onFork(span.seq) }, `Fork from step #${span.seq}`)));
   }
   if (span.kind === "workflow" && detail) {
     out.push(h("h3", {}, "Input"), jsonBlock(detail.input));
@@ -127,11 +139,31 @@ function eventLog(events, ids, open) {
   }));
 }
 
-function childrenTable(children) {
-  if (!children.length) return empty("No children.");
+function childrenTable(children, none = "No children.") {
+  if (!children.length) return empty(none);
   return h("table", { class: "table compact" }, h("tbody", {}, children.map((child) => h("tr", {},
-    h("td", {}, pill(child.status)), h("td", {}, idLink(child.id)), h("td", {}, child.name),
+    h("td", {}, pill(child.status)), h("td", {}, idLink(child.id)),
+    h("td", {}, child.forked_at_seq ? `from step #${child.forked_at_seq}` : child.name),
     h("td", { class: "right" }, when(child.updated_at))))));
+}
+
+/** The first step worth forking from: the first that did not complete, else the end. */
+function defaultForkSeq(steps) {
+  const stuck = steps.find((st) => st.status !== "completed");
+  if (stuck) return stuck.seq;
+  return steps.length ? Math.max(...steps.map((st) => st.seq)) + 1 : 1;
+}
+
+/** A choice of every seq a fork may start from: 1 to the last step + 1. */
+function seqChooser(steps, seq) {
+  const last = steps.length ? Math.max(...steps.map((st) => st.seq)) : 0;
+  const options = [];
+  for (let n = 1; n <= last + 1; n += 1) {
+    const st = steps.find((x) => x.seq === n);
+    options.push(h("option", { value: String(n), selected: n === seq },
+      st ? `#${n} ${st.name} (${st.status})` : `#${n} (after the last step)`));
+  }
+  return h("select", { class: "input", name: "from_seq", "data-fork-seq": "" }, options);
 }
 
 export function workflowView(root, params, id) {
@@ -178,7 +210,32 @@ export function workflowView(root, params, id) {
     const span = selectedSpan(state.spans);
     const detail = span && span.workflow_id !== id
       ? state.details.get(span.workflow_id) || null : state.detail;
-    detailBox.replaceChildren(spanDetails(span, detail));
+    const forkHere = span && span.workflow_id === id && state.detail
+      && forkable(state.detail.status) ? fork : null;
+    detailBox.replaceChildren(spanDetails(span, detail, forkHere));
+  }
+
+  async function fork(seq) {
+    const steps = state.detail ? state.detail.steps : [];
+    const chooser = seqChooser(steps, seq || defaultForkSeq(steps));
+    const ok = await confirmDialog({
+      title: "Fork this workflow?",
+      message: h("span", {},
+        `A new workflow starts with the input of ${id}. The steps that completed before the `
+        + "chosen one are kept (not run again); the chosen step and every later one run "
+        + "with the code deployed now. ",
+        h("label", { class: "fork-choice" }, "Start from step ", chooser)),
+      confirm: "Fork",
+    });
+    if (!ok) return;
+    try {
+      const reply = await api.fork(id, Number(chooser.value));
+      toast(`Forked as ${reply.workflow_id}`);
+      window.location.hash = workflowHref(reply.workflow_id);
+    } catch (error) {
+      toast(error.message, "error");
+      refresh(view);
+    }
   }
 
   async function act(kind) {
@@ -204,6 +261,9 @@ export function workflowView(root, params, id) {
     return h("div", { class: "actions" },
       wf.status === "failed" ? h("button", { class: "btn btn-primary", type: "button",
         "data-action": "retry", onclick: () => act("retry") }, "Retry") : null,
+      forkable(wf.status) ? h("button", { class: "btn", type: "button", "data-action": "fork",
+        title: "Start a new workflow from one of its steps, with the code deployed now",
+        onclick: () => fork(null) }, "Fork…") : null,
       isFinished(wf.status) ? null : h("button", { class: "btn btn-danger-outline",
         type: "button", "data-action": "cancel", onclick: () => act("cancel") }, "Cancel"));
   }
@@ -221,6 +281,9 @@ export function workflowView(root, params, id) {
       card("Result", detail.result === null ? empty(isFinished(detail.status)
         ? "No result." : "Not finished yet.") : jsonBlock(detail.result)),
       card(`Children (${detail.children.length})`, childrenTable(detail.children)),
+      // replaceChildren would draw a null as the text "null".
+      ...(detail.forks && detail.forks.length
+        ? [card(`Forks (${detail.forks.length})`, childrenTable(detail.forks))] : []),
       card(h("span", {}, "Event log ", h("span", { class: "muted small" }, "of "),
         actorLink(detail.actor_key)), eventLog(events.events, ids, state.open)));
   }

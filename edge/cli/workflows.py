@@ -16,10 +16,8 @@ from typing import Final
 import msgspec
 
 from actors import customer_actor_key, customer_id_for
-from edge.redaction import redact
-from edge.routes.workflows import step_reply, workflow_summary
+from edge.routes.workflows import workflow_detail, workflow_summary
 from edge.schemas import WORKFLOW_STATUSES, ActionReply, WorkflowReply, WorkflowsReply
-from journal import WorkflowNotFoundError
 from runtime import Operator
 
 from .errors import UsageError
@@ -137,18 +135,7 @@ async def _get(args: argparse.Namespace, target: Target) -> Output:
 
 
 async def _read(target: Target, workflow_id: str) -> WorkflowReply:
-    journal = target.database()
-    row = await journal.get_workflow(workflow_id)
-    if row is None:
-        raise WorkflowNotFoundError(workflow_id)
-    steps = await journal.load_steps(workflow_id)
-    children = await journal.children(workflow_id)
-    return WorkflowReply(
-        **msgspec.structs.asdict(workflow_summary(row)),
-        input=redact(row.input), result=redact(row.result),
-        steps=[step_reply(step) for step in steps],
-        children=[workflow_summary(child) for child in children],
-    )
+    return await workflow_detail(target.database(), workflow_id)
 
 
 def _describe(w: WorkflowReply) -> str:
