@@ -15,7 +15,10 @@ stdout (--port 0 picks a free port; the line tells which).
 Environment: DATABASE_URL (else an embedded PostgreSQL in --data-dir),
 RETINUE_API_TOKEN, COMMUNICATION_WEBHOOK_URL, RETINUE_VERIFICATION_TTL (seconds,
 default 7 days), RETINUE_RESOLVE_TIMEOUT (seconds, default 5),
-OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra).
+OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra),
+RETINUE_APP_VERSION (the version workflows record; default: a hash of their code),
+RETINUE_WORKFLOWS=module:attr (another version of the onboarding workflows: a
+subclass of actors.Onboarding, or any callable taking its keyword arguments).
 
 GET / is the dashboard: static files (static/) over the JSON API below it.
 """
@@ -23,13 +26,14 @@ GET / is the dashboard: static files (static/) over the JSON API below it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import ipaddress
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -43,7 +47,7 @@ from edge import WebhookCommunicator, create_app, open_server
 from journal import JournalError, open_journal
 from runtime import Runtime, otlp_exporter_from_env
 
-__all__ = ["ServerConfig", "cli", "main", "parse_config", "run_server"]
+__all__ = ["ServerConfig", "cli", "load_workflows", "main", "parse_config", "run_server"]
 
 _log = logging.getLogger("retinue.server")
 
@@ -63,6 +67,32 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     webhook_url: str | None = None
     verification_ttl: float = DEFAULT_VERIFICATION_TTL.total_seconds()
     resolve_timeout: float = 5.0
+    # "module:attr" naming the Onboarding (sub)class to run instead of the default.
+    workflows: str | None = None
+
+
+OnboardingFactory = Callable[..., Onboarding]
+
+
+def load_workflows(spec: str | None) -> OnboardingFactory:
+    """The Onboarding factory `spec` ("module:attr") names; Onboarding for None.
+    Raises ValueError with what to fix."""
+    if not spec:
+        return Onboarding
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not module:attr "
+                         "(e.g. tests.deploy_versions:VersionA)")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r}: {exc}; name an importable module "
+                         "and an attribute of it") from exc
+    if not callable(found):
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not callable: name an Onboarding "
+                         "subclass or a factory with its keyword arguments")
+    factory: OnboardingFactory = found
+    return factory
 
 
 async def run_server(
@@ -82,7 +112,7 @@ async def run_server(
         if config.webhook_url:
             communicator = await stack.enter_async_context(WebhookCommunicator(config.webhook_url))
         runtime = Runtime(journal, registry=CollectorRegistry())
-        onboarding = Onboarding(
+        onboarding = load_workflows(config.workflows)(
             communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
@@ -158,6 +188,11 @@ def parse_config(
                         help="bearer token for every route but /healthz, /readyz, /metrics "
                         "(default: $RETINUE_API_TOKEN)")
     args = parser.parse_args(argv)
+    workflows = env.get("RETINUE_WORKFLOWS") or None
+    try:
+        load_workflows(workflows)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port (0 to 65535)")
     if not _is_loopback(args.host) and not args.api_token:
@@ -171,6 +206,7 @@ def parse_config(
         verification_ttl=_env_seconds(parser, env, "RETINUE_VERIFICATION_TTL",
                                       DEFAULT_VERIFICATION_TTL.total_seconds()),
         resolve_timeout=_env_seconds(parser, env, "RETINUE_RESOLVE_TIMEOUT", 5.0),
+        workflows=workflows,
     )
 
 

@@ -29,6 +29,7 @@ from .memory import MemoryJournal
 from .postgres import PostgresJournal, open_journal
 from .records import (
     FINISHED_STATUSES,
+    PARKED,
     PARTITION_COUNT,
     Batch,
     DeadLetter,
@@ -46,6 +47,7 @@ from .records import (
 
 __all__ = [
     "FINISHED_STATUSES",
+    "PARKED",
     "PARTITION_COUNT",
     "Batch",
     "Cluster",

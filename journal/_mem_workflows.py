@@ -12,7 +12,7 @@ import msgspec
 from ._mem_state import MemoryState
 from .base import WaitingStep, Workflows
 from .errors import InvalidTransitionError
-from .records import FINISHED_STATUSES, Signal, StepRecord, WorkflowPage, WorkflowRow
+from .records import FINISHED_STATUSES, PARKED, Signal, StepRecord, WorkflowPage, WorkflowRow
 
 __all__ = ["MemoryWorkflows"]
 
@@ -61,6 +61,13 @@ class MemoryWorkflows(MemoryState, Workflows):
         counts: dict[str, int] = {}
         for row in self._workflows.values():
             counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+    async def count_parked(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._workflows.values():
+            if row.status == PARKED:
+                counts[row.name] = counts.get(row.name, 0) + 1
         return counts
 
     async def children(self, workflow_id: str) -> list[WorkflowRow]:
@@ -137,14 +144,14 @@ class MemoryWorkflows(MemoryState, Workflows):
     async def retry_workflow(self, workflow_id: str) -> None:
         async with self._lock:
             row = self._require(workflow_id)
-            if row.status != "failed":
+            if row.status not in ("failed", PARKED):
                 raise InvalidTransitionError(workflow_id, row.status, "retry")
             steps = self._steps.get(workflow_id, {})
             for seq, step in steps.items():
                 if step.status == "failed":
                     steps[seq] = msgspec.structs.replace(step, status="retrying")
             self._workflows[workflow_id] = msgspec.structs.replace(
-                row, status="pending", error=None, updated_at=self._now()
+                row, status="pending", error=None, parked=None, updated_at=self._now()
             )
 
     # -- signals and workflow events ----------------------------------------

@@ -18,7 +18,7 @@ _R = TypeVar("_R")
 WORKFLOW_COLUMNS: Final = """
     id, position, name, actor_key, partition, status, input, result, error,
     idempotency_key, request_hash, parent_id, trace_id, cancel_requested,
-    created_at, updated_at, run_id
+    created_at, updated_at, run_id, app_version, parked
 """
 UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 PING: Final = "SELECT 1"

@@ -11,13 +11,17 @@ from ._pg_shared import UNFINISHED, WORKFLOW_COLUMNS, PostgresBase, optional, wo
 from ._pgconn import Conn, boundary
 from .base import WaitingStep, Workflows
 from .errors import InvalidTransitionError, WorkflowNotFoundError
-from .records import FINISHED_STATUSES, Signal, StepRecord, WorkflowPage, WorkflowRow
+from .records import FINISHED_STATUSES, PARKED, Signal, StepRecord, WorkflowPage, WorkflowRow
 
 __all__ = ["PostgresWorkflows"]
 
+# An operator's retry runs a failed workflow again from its failed step, a
+# parked one again with the code deployed now.
+_RETRYABLE: Final = frozenset({"failed", PARKED})
+
 _STEP_COLUMNS: Final = """
     workflow_id, seq, name, kind, status, attempt, input, output, error,
-    started_at, finished_at, fire_at, history, run_id
+    started_at, finished_at, fire_at, history, run_id, app_version
 """
 _GET_WORKFLOW: Final = "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE id = $1"
 _LIST_WORKFLOWS: Final = (
@@ -34,6 +38,9 @@ ORDER BY position DESC
 LIMIT $5"""
 )
 _COUNT_BY_STATUS: Final = "SELECT status, count(*) AS n FROM workflows GROUP BY status"
+_COUNT_PARKED: Final = (
+    "SELECT name, count(*) AS n FROM workflows WHERE status = 'parked' GROUP BY name"
+)
 _CHILDREN: Final = (
     "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE parent_id = $1 ORDER BY position"
 )
@@ -94,7 +101,8 @@ _RETRY_STEPS: Final = (
     "UPDATE steps SET status = 'retrying' WHERE workflow_id = $1 AND status = 'failed'"
 )
 _RETRY_WORKFLOW: Final = (
-    "UPDATE workflows SET status = 'pending', error = NULL, updated_at = now() WHERE id = $1"
+    "UPDATE workflows SET status = 'pending', error = NULL, parked = NULL, updated_at = now() "
+    "WHERE id = $1"
 )
 
 _SIGNAL_COLUMNS: Final = " id, workflow_id, name, payload, consumed, created_at "
@@ -148,6 +156,10 @@ class PostgresWorkflows(PostgresBase, Workflows):
         return {row["status"]: row["n"] for row in await self._pool.fetch(_COUNT_BY_STATUS)}
 
     @boundary
+    async def count_parked(self) -> dict[str, int]:
+        return {row["name"]: row["n"] for row in await self._pool.fetch(_COUNT_PARKED)}
+
+    @boundary
     async def children(self, workflow_id: str) -> list[WorkflowRow]:
         return [workflow_row(row) for row in await self._pool.fetch(_CHILDREN, workflow_id)]
 
@@ -195,7 +207,7 @@ class PostgresWorkflows(PostgresBase, Workflows):
     async def retry_workflow(self, workflow_id: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             status = await _lock_status_txn(conn, workflow_id)
-            if status != "failed":
+            if status not in _RETRYABLE:
                 raise InvalidTransitionError(workflow_id, status, "retry")
             await conn.execute(_RETRY_STEPS, workflow_id)
             await conn.execute(_RETRY_WORKFLOW, workflow_id)

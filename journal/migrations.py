@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from ._migrations import v1_initial_schema, v2_append_function, v3_nodes, v4_fences
+from ._migrations import v1_initial_schema, v2_append_function, v3_nodes, v4_fences, v5_versions
 from ._pgconn import Conn
 
 __all__ = ["MIGRATIONS", "Migration", "migrate"]
@@ -28,6 +28,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
               v3_nodes.SQL),
     Migration(4, "the journal as the fence: runs, step and status guards; one jsonb group",
               v4_fences.SQL),
+    Migration(5, "versions: the app version of workflows and steps; parked workflows",
+              v5_versions.SQL),
 )
 
 # Any constant shared by every Retinue process; it names the migration lock.

@@ -16,6 +16,7 @@ import msgspec
 __all__ = [
     "PARTITION_COUNT",
     "FINISHED_STATUSES",
+    "PARKED",
     "Batch",
     "DeadLetter",
     "Document",
@@ -35,6 +36,10 @@ PARTITION_COUNT: Final = 256
 
 FINISHED_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 
+# Replayed code disagreed with the journal: nothing runs until a deploy (or an
+# operator) moves it on. Not finished: it may go back to running or pending.
+PARKED: Final = "parked"
+
 
 class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
     """An accepted command: a workflow to run on an actor."""
@@ -48,6 +53,8 @@ class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
     request_hash: str | None = None
     parent_id: str | None = None
     trace_id: str = ""
+    # The application version that accepted it (runtime/versions.py); "" before v5.
+    app_version: str = ""
 
 
 class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +76,11 @@ class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
     position: int = 0
     # The run that holds the workflow now (see RunFence); None before its first.
     run_id: str | None = None
+    # The application version it started under; "" for rows older than migration 5.
+    app_version: str = ""
+    # Why it is parked (status "parked"): {"seq", "expected", "found",
+    # "found_version", "running_version"}; None when it is not.
+    parked: Any = None
 
 
 class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +114,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     history: Any = None
     # The run that wrote this record (its batch's RunFence); set by the journal.
     run_id: str | None = None
+    # The application version whose code wrote it; "" for records older than migration 5.
+    app_version: str = ""
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +123,8 @@ class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     result: Any = None
     error: str | None = None
+    # The mismatch that parks it, with status "parked"; every other move clears it.
+    parked: Any = None
 
 
 class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,8 +31,10 @@ from .tracing import (
     trace_spans,
     workflow_spans,
 )
+from .versions import APP_VERSION_ENV, app_version
 
 __all__ = [
+    "APP_VERSION_ENV",
     "SYSTEM_CLOCK",
     "Clock",
     "LoopClock",
@@ -63,6 +65,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowFn",
     "WriteSet",
+    "app_version",
     "current_step",
     "event_type_of",
     "otlp_exporter_from_env",
