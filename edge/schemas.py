@@ -58,7 +58,9 @@ __all__ = [
     "json_response",
 ]
 
-WORKFLOW_STATUSES: Final = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+WORKFLOW_STATUSES: Final = (
+    "pending", "running", "waiting", "parked", "completed", "failed", "cancelled"
+)
 
 
 def every_status(counts: Mapping[str, int]) -> dict[str, int]:
@@ -84,9 +86,9 @@ class VerifyRequest(_Body, frozen=True):
 class WorkflowQuery(_Body, frozen=True):
     """The query of GET /workflows."""
 
-    status: Literal["pending", "running", "waiting", "completed", "failed", "cancelled"] | None = (
-        None
-    )
+    status: Literal[
+        "pending", "running", "waiting", "parked", "completed", "failed", "cancelled"
+    ] | None = None
     actor: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     # Opaque to clients; both journals hand out a row position (see list_workflows).
@@ -187,6 +189,10 @@ class WorkflowSummary(_Reply, frozen=True):
     trace_id: str
     created_at: datetime
     updated_at: datetime
+    # The application version it started under ("" if it predates versions).
+    app_version: str
+    # Why it is parked: {seq, expected, found, found_version, running_version}.
+    parked: Any
 
 
 class StepReply(_Reply, frozen=True):
@@ -202,6 +208,8 @@ class StepReply(_Reply, frozen=True):
     error: str | None
     # Every attempt when there was more than one: [{attempt, started_at, finished_at, error}].
     history: Any = None
+    # The application version whose code wrote the record.
+    app_version: str = ""
 
 
 class WorkflowReply(WorkflowSummary, frozen=True):

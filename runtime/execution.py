@@ -165,7 +165,8 @@ class Executor(ActorHost):
         elapsed = (self._clock.now() - row.created_at).total_seconds()
         self._metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
         self._waiters.finished(msgspec.structs.replace(
-            row, status=outcome, result=result, error=error, updated_at=self._clock.now()
+            row, status=outcome, result=result, error=error, parked=None,
+            updated_at=self._clock.now(),
         ))
 
     # -- crashes --------------------------------------------------------------------

@@ -312,10 +312,10 @@ async def _check_the_timeline(page: Any, workflow_id: str, child_id: str) -> Non
     assert parent == [
         ("workflow", "invite_customer"), ("step", "invite.lookup"), ("step", "invite.operate"),
         ("write", "invite.write"), ("event", "invite"), ("child", "communicate_to_customer"),
-        ("step", "now"), ("wait", "signal:verify"),
+        ("patch", "verification-reminder"), ("step", "now"), ("wait", "signal:verify"),
     ], names
     seqs = [int(r["seq"]) for r in rows if r["workflow"] == workflow_id and r["seq"]]
-    assert seqs == sorted(seqs) == list(range(1, 8))
+    assert seqs == sorted(seqs) == list(range(1, 9))
     # The child is drawn under the step that started it, its steps in order.
     start = names.index((workflow_id, "child", "communicate_to_customer"))
     assert names[start + 1] == (child_id, "workflow", "communicate_to_customer")
