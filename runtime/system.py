@@ -145,12 +145,13 @@ class Runtime:
 
     async def count_parked(self) -> dict[str, int]:
         """Parked workflows by name, from the journal; also sets the
-        retinue_workflows_parked gauge (a name with none left reads 0)."""
+        retinue_workflows_parked gauge: every registered workflow and every name
+        once seen parked has a sample, 0 when none is (an alert can say `== 0`)."""
         counts = await self.journal.count_parked()
+        self._parked_names |= set(counts) | set(self._workflows)
         gauge = self.metrics.workflows_parked
-        for name in set(counts) | self._parked_names:
+        for name in self._parked_names:
             gauge.labels(name).set(counts.get(name, 0))
-        self._parked_names |= set(counts)
         return counts
 
     # -- life cycle -------------------------------------------------------------
