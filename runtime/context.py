@@ -179,18 +179,18 @@ class WorkflowContext:
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
         if recorded is not None and recorded.status == "backoff":
-            self._await_backoff(recorded)
+            await self._await_backoff(recorded)
         # Attempts only go up (the journal refuses a lower one): a crash mid-step
         # spends one; an operator's retry starts a new round of the policy's tries.
         attempt = 1 if recorded is None else recorded.attempt + 1
         return await self._attempt(seq, name, fn, args, retry, effect, attempt, recorded)
 
-    def _await_backoff(self, recorded: StepRecord) -> None:
+    async def _await_backoff(self, recorded: StepRecord) -> None:
         """A step backing off: suspend until its next attempt is due (a durable
         timer, so the actor handles other messages meanwhile)."""
         assert recorded.fire_at is not None
         if self._now() < recorded.fire_at:
-            self._suspend(recorded.fire_at)
+            await self._wait_again(recorded.fire_at)
 
     async def _attempt(
         self,
@@ -406,7 +406,17 @@ class WorkflowContext:
             record = self._record(seq, step_name, "wait", "started", 1, started_at,
                                   fire_at=fire_at, input=signal)
             await self._commit(record, status="waiting")
-        self._suspend(fire_at)
+            self._suspend(fire_at)
+        await self._wait_again(fire_at)
+
+    async def _wait_again(self, until: datetime | None) -> NoReturn:
+        """Suspend at a wait (or backoff) the journal already holds. A workflow that
+        came back to it from `parked` (a fixed deploy) or `pending` (an operator's
+        retry) is `waiting` again: said so in the journal, else it would look
+        parked, or catch-up would take it for new work at every heartbeat."""
+        if self._status != "waiting":
+            await self._commit(None, status="waiting")
+        self._suspend(until)
 
     def _suspend(self, until: datetime | None) -> NoReturn:
         """Leave the actor until `until` (a durable timer, armed here; None: until

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.polling import eventually
-from journal import Journal
+from journal import Batch, Journal, StatusChange
 from runtime import Runtime, WorkflowContext
 
 from .support import wait_status
@@ -143,3 +143,29 @@ async def test_an_operator_cancels_a_parked_workflow(journal: Journal) -> None:
         done = await rt.wait_for_finish(workflow_id, 5)
     assert done is not None and done.status == "cancelled"
     assert "parked" in (done.error or "") and done.parked is None
+
+
+async def test_a_resumed_workflow_with_nothing_to_take_waits_again(journal: Journal) -> None:
+    runs: list[str] = []
+    workflow_id, _ = await _waiting(journal, runs)
+    row = await journal.get_workflow(workflow_id)
+    assert row is not None
+    # Parked by an earlier deploy, with no signal left for it.
+    await journal.append(Batch(partition=row.partition, epoch=None, statuses=(
+        StatusChange(workflow_id=workflow_id, status="parked", parked={"seq": 2}),)))
+    async with deployed(journal, matching(runs)) as rt:
+        await wait_status(journal, workflow_id, "waiting")  # recovery resumed it
+        assert await rt.count_parked() == {}
+        # Parked again, then retried by an operator: pending, then waiting again.
+        await journal.append(Batch(partition=row.partition, epoch=None, statuses=(
+            StatusChange(workflow_id=workflow_id, status="parked", parked={"seq": 2}),)))
+        await rt.retry(workflow_id)
+        await wait_status(journal, workflow_id, "waiting")
+        runs.clear()
+        await rt.catch_up()  # a pending one would be run again at every heartbeat
+        await _idle(rt)
+        assert runs == []
+        await rt.signal(workflow_id, "go", "one")
+        await rt.signal(workflow_id, "go", "two")
+        done = await rt.wait_for_finish(workflow_id, 5)
+    assert done is not None and (done.status, done.result) == ("completed", ["one", "two"])
