@@ -4,9 +4,10 @@
 onboarding app and the HTTP edge (the `edge` package), serve until asked to stop;
 `main` is the command line:
 
-    python server.py [--host 127.0.0.1] [--port 8080] [--data-dir ./.retinue/pg]
-                     [--api-token T]
-    python server.py rebuild-projections [--data-dir D]
+    python server.py [serve] [--host 127.0.0.1] [--port 8080] [--data-dir ./.retinue/pg]
+                             [--api-token T]
+    python server.py COMMAND ...     an operator command (edge/cli): workflows,
+                                     dead-letters, nodes, rebuild-projections
 
 Once it listens it prints `retinue listening on <url>` and then one JSON line,
 `{"event": "listening", "url": "http://127.0.0.1:PORT", "node": "<node id>"}`, to
@@ -42,8 +43,10 @@ import anyio.abc
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding, rebuild_projections
+from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding
 from edge import WebhookCommunicator, create_app, open_server
+from edge.cli import main as operator_main
+from edge.cli import wants_cli
 from journal import JournalError, open_journal
 from runtime import Runtime, otlp_exporter_from_env
 
@@ -179,7 +182,10 @@ def parse_config(
     """The configuration from the command line and the environment. Exits with
     status 2 and a message on bad input, or on a public host without a token."""
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="server.py", description="Serve Retinue over HTTP.")
+    parser = argparse.ArgumentParser(
+        prog="retinue serve",
+        description="Serve Retinue over HTTP (the default command: `retinue [serve] ...`, "
+        "`python server.py [serve] ...`).")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
     parser.add_argument("--data-dir", default="./.retinue/pg",
@@ -230,22 +236,14 @@ async def _run_until_signalled(config: ServerConfig) -> None:
         tg.cancel_scope.cancel()
 
 
-async def _rebuild_projections(config: ServerConfig) -> None:
-    async with open_journal(config.database_url, config.data_dir) as journal:
-        counts = await rebuild_projections(journal)
-    print("rebuilt from the event log: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python server.py`: 0 after a clean shutdown, 1 if it could not start, 2 on
-    bad usage. `python server.py rebuild-projections [--data-dir D]` (also
-    `retinue rebuild-projections`) rebuilds every projection from the event log."""
+    """`python server.py` (= `retinue`): serves by default (or with `serve`): 0
+    after a clean shutdown, 1 if it could not start, 2 on bad usage. With an
+    operator command (`retinue --help` lists them), runs it: see edge/cli."""
     args = list(sys.argv[1:] if argv is None else argv)
-    rebuild = args[:1] == ["rebuild-projections"]
-    config = parse_config(args[1:] if rebuild else args)
-    if rebuild:
-        anyio.run(_rebuild_projections, config)
-        return 0
+    if wants_cli(args):
+        return operator_main(args)
+    config = parse_config(args[1:] if args[:1] == ["serve"] else args)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The wheel narrates every start at INFO; its warnings and errors still show.

@@ -1,6 +1,10 @@
 """Commands and events of customer onboarding: frozen, tagged msgspec Structs.
 
-Schema evolution: new fields get defaults; a field's type never changes.
+Schema evolution: new fields get defaults; a field's type never changes; a field
+may be dropped. Every Struct here is read back from rows that older code wrote
+(step outputs, workflow inputs, signals, the event log, projection documents),
+so none refuses unknown fields: a field the code has dropped is ignored. The
+HTTP edge's request bodies are separate Structs that do refuse them.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ __all__ = [
 ]
 
 
-class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True):
+    """Stored rows outlive the code that wrote them: unknown fields are ignored
+    (msgspec's default), never an error. See README, "Changing payload shapes"."""
 
 
 class _Tagged(_Frozen, frozen=True, tag_field="kind"):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import msgspec
-
 from runtime import Reader, RetryPolicy, Runtime, WorkflowContext, WriteSet, current_step
 
 from .communication import Communicator, OutboxCommunicator, OutgoingMessage
@@ -132,7 +130,8 @@ class Onboarding:
             reminding = remind_at is not None and now < remind_at
             until = remind_at if reminding and remind_at is not None else deadline
             wake = await ctx.wait_for_signal(
-                VERIFY_SIGNAL, timeout=max(0.0, (until - now).total_seconds())
+                VERIFY_SIGNAL, timeout=max(0.0, (until - now).total_seconds()),
+                payload_type=VerifyCustomer,
             )
             if wake.timed_out and reminding:
                 remind_at = None
@@ -144,7 +143,7 @@ class Onboarding:
                 )
                 await ctx.write("verify.write", write_verification, invited, expired)
                 return False
-            command = msgspec.convert(wake.payload, VerifyCustomer)
+            command: VerifyCustomer = wake.payload
             verify_at = await ctx.now()
             outcome = await ctx.step(
                 "verify.operate", operate_verify, invited, command, verify_at, effect=False

@@ -21,13 +21,20 @@ class MemoryCluster(MemoryState, Cluster):
         async with self._lock:
             now = self._clock()
             self._nodes[node_id] = Node(now, now + ttl)
-            leases = tuple(
-                PartitionLease(partition=p, owner=lease.owner, epoch=lease.epoch,
-                               expired=self._expired(lease, now))
-                for p, lease in sorted(self._leases.items())
-            )
-            return ClusterView(live_nodes=tuple(sorted(self._live(now, stale_after))),
-                               leases=leases)
+            return self._view(now, stale_after)
+
+    async def cluster_view(self, *, stale_after: float) -> ClusterView:
+        async with self._lock:
+            return self._view(self._clock(), stale_after)
+
+    def _view(self, now: float, stale_after: float) -> ClusterView:
+        leases = tuple(
+            PartitionLease(partition=p, owner=lease.owner, epoch=lease.epoch,
+                           expired=self._expired(lease, now))
+            for p, lease in sorted(self._leases.items())
+        )
+        return ClusterView(live_nodes=tuple(sorted(self._live(now, stale_after))),
+                           leases=leases)
 
     def _live(self, now: float, stale_after: float) -> set[str]:
         return {

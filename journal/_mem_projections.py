@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import msgspec
 
 from ._mem_state import MemoryState
-from .base import Projections
+from .base import Projections, count_by_kind
 from .errors import IntegrityError
 from .records import Document, DomainEvent
 
@@ -56,6 +56,24 @@ class MemoryProjections(MemoryState, Projections):
             now = self._now()
             for doc in documents:
                 self._documents[(kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
+
+    async def rebuild_documents(
+        self, kinds: Collection[str], fold: Callable[[list[DomainEvent]], Sequence[Document]]
+    ) -> dict[str, int]:
+        wanted = sorted(set(kinds))
+        async with self._lock:  # and no await until the swap is done: nothing interleaves
+            events = [event for key in sorted(self._events)
+                      for _, event in sorted(self._events[key].items())]
+            documents = fold(events)
+            counts = count_by_kind(wanted, documents)
+            for kind in wanted:
+                self._check_unique_keys(kind, [d for d in documents if d.kind == kind])
+            for key in [k for k in self._documents if k[0] in counts]:
+                del self._documents[key]
+            now = self._now()
+            for doc in documents:
+                self._documents[(doc.kind, doc.id)] = msgspec.structs.replace(doc, updated_at=now)
+            return counts
 
     def _check_unique_keys(self, kind: str, documents: Sequence[Document]) -> None:
         holders: dict[str, str] = {}

@@ -118,6 +118,16 @@ class PostgresCluster(PostgresBase, Cluster):
         )
 
     @boundary
+    async def cluster_view(self, *, stale_after: float) -> ClusterView:
+        async with self._pool.acquire() as conn:
+            live = await conn.fetch(_LIVE_NODES, float(stale_after))
+            leases = await conn.fetch(_LEASES)
+        return ClusterView(
+            live_nodes=tuple(sorted(row["node_id"] for row in live)),
+            leases=tuple(PartitionLease(**row) for row in leases),
+        )
+
+    @boundary
     async def leave(self, node_id: str) -> None:
         await self._pool.execute(_LEAVE, node_id)
 

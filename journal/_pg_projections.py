@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
 import asyncpg
@@ -10,7 +10,7 @@ import asyncpg
 from ._pg_shared import PostgresBase, optional
 from ._pgconn import boundary
 from ._pgwrite import UPSERT_DOCUMENT, document_args
-from .base import Projections
+from .base import Projections, count_by_kind
 from .records import Document, DomainEvent
 
 __all__ = ["PostgresProjections"]
@@ -37,6 +37,15 @@ WHERE kind = $1 AND ($2::text IS NULL OR owner = $2)
 ORDER BY id COLLATE "C\""""
 )
 _DELETE_DOCUMENTS: Final = "DELETE FROM documents WHERE kind = $1"
+# The lock a rebuild holds while it reads the log and swaps the rows in. It conflicts
+# with the ROW EXCLUSIVE lock every write of documents takes (retinue_append's
+# INSERT), and with itself (two rebuilds take turns), not with plain reads: a
+# write under way is waited for (so its events are read), a later one waits for
+# the swap. The event log is read AFTER the lock is granted, in READ COMMITTED,
+# so it holds every write whose rows the swap replaces.
+_LOCK_DOCUMENTS: Final = "LOCK TABLE documents IN SHARE ROW EXCLUSIVE MODE"
+# Reading a whole log may take longer than one ordinary statement is allowed.
+_REBUILD_TIMEOUT: Final = 600.0
 
 
 class PostgresProjections(PostgresBase, Projections):
@@ -74,6 +83,23 @@ class PostgresProjections(PostgresBase, Projections):
             await conn.execute(_DELETE_DOCUMENTS, kind)
             if documents:
                 await conn.executemany(UPSERT_DOCUMENT, [document_args(d, kind) for d in documents])
+
+    @boundary
+    async def rebuild_documents(
+        self, kinds: Collection[str], fold: Callable[[list[DomainEvent]], Sequence[Document]]
+    ) -> dict[str, int]:
+        wanted = sorted(set(kinds))
+        async with self._pool.dedicated(command_timeout=_REBUILD_TIMEOUT) as conn, \
+                conn.transaction():
+            await conn.execute(_LOCK_DOCUMENTS)
+            events = [DomainEvent(**row) for row in await conn.fetch(_READ_ALL_EVENTS)]
+            documents = fold(events)
+            counts = count_by_kind(wanted, documents)
+            for kind in wanted:
+                await conn.execute(_DELETE_DOCUMENTS, kind)
+            if documents:
+                await conn.executemany(UPSERT_DOCUMENT, [document_args(d) for d in documents])
+        return counts
 
 
 def _document(row: asyncpg.Record) -> Document:

@@ -93,6 +93,11 @@ class Cluster(Protocol):
         every partition's lease, as of now."""
 
     @abc.abstractmethod
+    async def cluster_view(self, *, stale_after: float) -> ClusterView:
+        """The live nodes and every partition's lease, as of now, as `heartbeat`
+        sees them but without heartbeating: what an operator looks at."""
+
+    @abc.abstractmethod
     async def leave(self, node_id: str) -> None:
         """Forget `node_id` (a graceful shutdown): it is no longer live."""
 
@@ -268,6 +273,18 @@ class Projections(Protocol):
     async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
         """Atomically replace every document of `kind` (projection rebuild)."""
 
+    @abc.abstractmethod
+    async def rebuild_documents(
+        self, kinds: Collection[str], fold: Callable[[list[DomainEvent]], Sequence[Document]]
+    ) -> dict[str, int]:
+        """Replace every document of `kinds` with `fold(every event, by (actor_key,
+        seq))` in ONE transaction that no write of documents interleaves with:
+        writes under way are waited for and their events folded in, later ones
+        wait until the swap is done (then their rows land on the rebuilt ones).
+        So a rebuild never loses a row written while it runs, and servers may run
+        meanwhile. `fold` is pure and must return only documents of `kinds`
+        (ValueError otherwise). Returns how many documents of each kind."""
+
 
 class DeadLetters(Protocol):
     """Messages that crashed their actor too often, kept for an operator."""
@@ -294,3 +311,14 @@ class Journal(Cluster, Writer, Workflows, Projections, DeadLetters, Protocol):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return if the database answers; raise JournalUnavailableError if not."""
+
+
+def count_by_kind(kinds: Sequence[str], documents: Sequence[Document]) -> dict[str, int]:
+    """{kind: how many of `documents`}; ValueError for a document of another kind."""
+    counts = dict.fromkeys(kinds, 0)
+    for doc in documents:
+        if doc.kind not in counts:
+            raise ValueError(f"the fold returned a {doc.kind!r} document; a rebuild of "
+                             f"{', '.join(kinds)} may only replace those kinds")
+        counts[doc.kind] += 1
+    return counts

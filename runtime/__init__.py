@@ -4,11 +4,14 @@ Import from here; the modules behind it are private.
 """
 
 from .clock import SYSTEM_CLOCK, Clock, LoopClock, SystemClock, VirtualClock
+from .cluster import ClusterSettings
+from .commands import Operator
 from .context import StepInfo, Wakeup, WorkflowContext, current_step
 from .errors import (
     NonDeterminismError,
     NonRetryableError,
     OverloadedError,
+    PayloadDecodeError,
     RetinueError,
     SimulatedCrash,
     StepFailedError,
@@ -19,7 +22,12 @@ from .errors import (
 from .faults import CrashingJournal, DelegatingJournal
 from .partitions import partition_of
 from .policy import DEFAULT_RETRY, NO_RETRY, RestartPolicy, RetryPolicy
-from .store import Reader, WriteSet, event_type_of, read_event_log, replace_projection
+from .store import (
+    Reader,
+    WriteSet,
+    event_type_of,
+    rebuild_from_log,
+)
 from .system import Runtime, RuntimeStatistics, WorkflowFn
 from .tracing import (
     Span,
@@ -42,11 +50,14 @@ __all__ = [
     "VirtualClock",
     "DEFAULT_RETRY",
     "NO_RETRY",
+    "ClusterSettings",
     "CrashingJournal",
     "DelegatingJournal",
     "NonDeterminismError",
     "NonRetryableError",
+    "Operator",
     "OverloadedError",
+    "PayloadDecodeError",
     "Reader",
     "RestartPolicy",
     "RetinueError",
@@ -72,8 +83,7 @@ __all__ = [
     "parse_trace_ref",
     "parse_traceparent",
     "partition_of",
-    "read_event_log",
-    "replace_projection",
+    "rebuild_from_log",
     "trace_ref",
     "trace_spans",
     "workflow_spans",

@@ -10,7 +10,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["to_json_value", "from_json_value", "return_type_of", "input_type_of"]
+from .errors import PayloadDecodeError
+
+__all__ = [
+    "to_json_value",
+    "from_json_value",
+    "decode_recorded",
+    "return_type_of",
+    "input_type_of",
+]
 
 _NO_TYPE: Any = object()
 
@@ -25,6 +33,18 @@ def from_json_value(value: Any, type_: Any) -> Any:
     if type_ is _NO_TYPE or type_ is Any or type_ is None:
         return value
     return msgspec.convert(value, type_, strict=False)
+
+
+def decode_recorded(value: Any, type_: Any, *, workflow_id: str, where: str) -> Any:
+    """`from_json_value` for a value the journal holds, which older code may have
+    written: fields it had and the type dropped are ignored, fields the type added
+    take their defaults. A value that still does not decode (a field's type changed)
+    raises PayloadDecodeError naming the workflow, `where` and msgspec's path."""
+    try:
+        return from_json_value(value, type_)
+    except msgspec.ValidationError as exc:
+        name = getattr(type_, "__name__", None) or repr(type_)
+        raise PayloadDecodeError(workflow_id, where, name, str(exc)) from exc
 
 
 @functools.cache

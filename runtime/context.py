@@ -30,7 +30,7 @@ from journal import (
 )
 
 from .clock import Clock
-from .codec import from_json_value, return_type_of, to_json_value
+from .codec import decode_recorded, return_type_of, to_json_value
 from .errors import NonDeterminismError, NonRetryableError, StepFailedError, WorkflowCancelledError
 from .policy import DEFAULT_RETRY, RetryPolicy
 from .store import Reader, WriteSet
@@ -174,7 +174,7 @@ class WorkflowContext:
         """
         seq, recorded = self._next("step", name)
         if recorded is not None and recorded.status == "completed":
-            return from_json_value(recorded.output, return_type_of(fn))
+            return self._recorded_output(recorded, fn)
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
@@ -184,6 +184,14 @@ class WorkflowContext:
         # spends one; an operator's retry starts a new round of the policy's tries.
         attempt = 1 if recorded is None else recorded.attempt + 1
         return await self._attempt(seq, name, fn, args, retry, effect, attempt, recorded)
+
+    def _recorded_output(self, recorded: StepRecord, fn: Callable[..., Any]) -> Any:
+        """A replayed step's output as `fn` declares it today (older code may have
+        recorded it in another shape); raises PayloadDecodeError if it no longer fits."""
+        return decode_recorded(
+            recorded.output, return_type_of(fn), workflow_id=self.workflow_id,
+            where=f"the output of step {recorded.name!r} (seq {recorded.seq})",
+        )
 
     async def _await_backoff(self, recorded: StepRecord) -> None:
         """A step backing off: suspend until its next attempt is due (a durable
@@ -265,7 +273,7 @@ class WorkflowContext:
         step is then recorded failed, and replay raises StepFailedError)."""
         seq, recorded = self._next("write", name)
         if recorded is not None and recorded.status == "completed":
-            return from_json_value(recorded.output, return_type_of(fn))  # type: ignore[no-any-return]
+            return self._recorded_output(recorded, fn)  # type: ignore[no-any-return]
         if recorded is not None and recorded.status == "failed":
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
@@ -370,12 +378,24 @@ class WorkflowContext:
 
     # -- durable waits ---------------------------------------------------------
 
-    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Wakeup:
+    async def wait_for_signal(
+        self, name: str, *, timeout: float | None = None, payload_type: Any = None
+    ) -> Wakeup:
         """Wait durably for the signal `name`, or for `timeout` seconds.
 
         The actor handles other messages meanwhile; the wait and its timer
-        survive restarts; each signal is consumed exactly once."""
-        return await self._wait(f"signal:{name}", name, timeout)
+        survive restarts; each signal is consumed exactly once. With
+        `payload_type`, the payload comes decoded as that type (a Struct: fields
+        it does not know are ignored, missing ones take their defaults); one that
+        does not decode fails the workflow with PayloadDecodeError naming the signal."""
+        wakeup = await self._wait(f"signal:{name}", name, timeout)
+        if payload_type is None or wakeup.timed_out:
+            return wakeup
+        payload = decode_recorded(
+            wakeup.payload, payload_type, workflow_id=self.workflow_id,
+            where=f"the payload of signal {name!r} (seq {self._seq})",
+        )
+        return msgspec.structs.replace(wakeup, payload=payload)
 
     async def sleep(self, seconds: float) -> None:
         """A durable timer: sleep `seconds`, across restarts if need be."""

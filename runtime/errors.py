@@ -13,6 +13,7 @@ __all__ = [
     "OverloadedError",
     "UnknownWorkflowTypeError",
     "WorkflowFailedError",
+    "PayloadDecodeError",
     "SimulatedCrash",
     "RunSuperseded",
 ]
@@ -60,6 +61,23 @@ class StepFailedError(RetinueError):
         super().__init__(
             f"step {name!r} (seq {seq}) of workflow {workflow_id!r} failed: {error}. "
             f"Fix the cause, then POST /workflows/{workflow_id}/retry to resume from this step."
+        )
+
+
+class PayloadDecodeError(RetinueError):
+    """A value the journal holds (a step's output, a workflow's input) no longer
+    decodes as the type the deployed code declares for it."""
+
+    def __init__(self, workflow_id: str, where: str, type_name: str, detail: str) -> None:
+        self.workflow_id = workflow_id
+        self.where = where
+        self.detail = detail
+        super().__init__(
+            f"workflow {workflow_id!r}: {where} was recorded in a shape that no longer decodes "
+            f"as {type_name}: {detail}. A field's type changed, or a field without a default "
+            "was added, while this workflow was in flight. Deploy code that reads the recorded "
+            "shape (keep the old field and add a new one with a default), then "
+            f"POST /workflows/{workflow_id}/retry."
         )
 
 

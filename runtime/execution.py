@@ -19,11 +19,12 @@ from journal import (
 )
 
 from .actor import Actor, ActorHost, Run
-from .codec import from_json_value, input_type_of, to_json_value
+from .codec import decode_recorded, input_type_of, to_json_value
 from .commits import Committer
 from .context import Suspended, WorkflowContext
 from .errors import (
     NonDeterminismError,
+    PayloadDecodeError,
     RunSuperseded,
     StepFailedError,
     UnknownWorkflowTypeError,
@@ -128,8 +129,9 @@ class Executor(ActorHost):
         if fn is None:
             raise UnknownWorkflowTypeError(row.name, list(self._workflows))
         ctx = WorkflowContext(self._committer, row, history, self._new_id())
-        workflow_input = from_json_value(row.input, input_type_of(fn))
         try:
+            workflow_input = decode_recorded(row.input, input_type_of(fn), workflow_id=row.id,
+                                             where="its input")
             result = await fn(ctx, workflow_input)
         except Suspended:
             return
@@ -137,7 +139,9 @@ class Executor(ActorHost):
             await self._finish(ctx, row, "cancelled", error=str(exc))
         except NonDeterminismError as exc:
             await self._park_or_cancel(ctx, row, exc)
-        except StepFailedError as exc:
+        except (StepFailedError, PayloadDecodeError) as exc:
+            # A step gave up, or a stored value no longer decodes: the workflow
+            # fails with a message that says what to deploy, and the actor goes on.
             await self._finish(ctx, row, "failed", error=str(exc))
         else:
             await self._finish(ctx, row, "completed", result=to_json_value(result))

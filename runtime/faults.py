@@ -56,6 +56,9 @@ class DelegatingJournal(Journal):
     async def heartbeat(self, node_id: str, ttl: float, *, stale_after: float) -> ClusterView:
         return await self.inner.heartbeat(node_id, ttl, stale_after=stale_after)
 
+    async def cluster_view(self, *, stale_after: float) -> ClusterView:
+        return await self.inner.cluster_view(stale_after=stale_after)
+
     async def leave(self, node_id: str) -> None:
         await self.inner.leave(node_id)
 
@@ -180,6 +183,11 @@ class DelegatingJournal(Journal):
 
     async def replace_documents(self, kind: str, documents: Sequence[Document]) -> None:
         await self.inner.replace_documents(kind, documents)
+
+    async def rebuild_documents(
+        self, kinds: Collection[str], fold: Callable[[list[DomainEvent]], Sequence[Document]]
+    ) -> dict[str, int]:
+        return await self.inner.rebuild_documents(kinds, fold)
 
     # -- dead letters ---------------------------------------------------------
 

@@ -7,6 +7,7 @@ step either happened entirely (and is never run again) or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from journal import Document, DomainEvent, Projections
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import to_json_value
 
-__all__ = ["Reader", "WriteSet", "event_type_of"]
+__all__ = ["Reader", "WriteSet", "event_type_of", "rebuild_from_log"]
 
 
 def event_type_of(event: Any) -> str:
@@ -96,13 +97,14 @@ class WriteSet:
         )
 
 
-async def read_event_log(journal: Projections) -> list[Any]:
-    """Every actor's event payloads, each actor's in log order: a rebuild's input."""
-    return [event.payload for event in await journal.read_all_events()]
+async def rebuild_from_log(
+    journal: Projections, kinds: Collection[str], fold: Callable[[list[Any]], WriteSet]
+) -> dict[str, int]:
+    """Replace every document of `kinds` with those `fold(every event payload, each
+    actor's in log order)` puts, in one transaction no write interleaves with
+    (Projections.rebuild_documents): safe while servers run. How many of each kind."""
 
+    def documents(events: list[DomainEvent]) -> list[Document]:
+        return fold([event.payload for event in events]).documents
 
-async def replace_projection(journal: Projections, kind: str, writes: WriteSet) -> int:
-    """Atomically replace every document of `kind` with those `writes` holds."""
-    documents = [doc for doc in writes.documents if doc.kind == kind]
-    await journal.replace_documents(kind, documents)
-    return len(documents)
+    return await journal.rebuild_documents(kinds, documents)

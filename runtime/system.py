@@ -37,6 +37,7 @@ from journal import (
     WorkflowRow,
 )
 
+from . import commands
 from .actor import Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import ClusterSettings, LeaseManager, News, default_node_id, parse_wake
@@ -77,6 +78,17 @@ def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
         request_hash=new.request_hash, parent_id=new.parent_id, trace_id=new.trace_id,
         app_version=new.app_version, created_at=now, updated_at=now,
     )
+
+
+class _LocalRouter:
+    """A node's `commands.Router`: the Run a command asks for is queued here if this
+    node owns the partition, else its owner is woken (Placement.deliver)."""
+
+    def __init__(self, placement: Placement, recovery: Recovery, committer: Committer) -> None:
+        self.owns = placement.owns
+        self.deliver_command = placement.deliver_command
+        self.drop_preloaded = recovery.drop_preloaded
+        self.mark_cancelling = committer.mark_cancelling
 
 
 class Runtime:
@@ -128,6 +140,7 @@ class Runtime:
         self.cluster.on_journal = self._committer.journal_answered
         placement.host = Executor(self._committer, placement, self._recovery, self._waiters,
                                   self._workflows, new_id, restart, metrics)
+        self._router = _LocalRouter(placement, self._recovery, self._committer)
 
     # -- registration -----------------------------------------------------------
 
@@ -335,41 +348,20 @@ class Runtime:
         """Cancel a workflow and its children at their next step boundary.
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
-        ids = await self.journal.request_cancel(workflow_id)
-        for cancelled_id in ids:
-            self._recovery.drop_preloaded(cancelled_id)
-        for cancelled_id in ids:
-            row = await self.journal.get_workflow(cancelled_id)
-            if row is not None:
-                if self._placement.owns(row.actor_key):  # else its owner reads the flag
-                    self._committer.mark_cancelling(cancelled_id)
-                self._placement.deliver_command(row.actor_key, cancelled_id)
-        return ids
+        return await commands.cancel(self.journal, self._router, workflow_id)
 
     async def retry(self, workflow_id: str) -> None:
         """Resume a failed workflow from its failed step, or run a parked one again
         with the code deployed now; earlier steps are not re-run.
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
-        await self.journal.retry_workflow(workflow_id)
-        self._recovery.drop_preloaded(workflow_id)
-        row = await self.journal.get_workflow(workflow_id)
-        assert row is not None
-        self._placement.deliver_command(row.actor_key, workflow_id)
+        await commands.retry(self.journal, self._router, workflow_id)
 
     async def redeliver(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's message to its actor again; None if unknown or taken.
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
-        letter = await self.journal.take_dead_letter(letter_id)
-        if letter is None:
-            return None
-        workflow_id = letter.message["workflow_id"]
-        row = await self.journal.get_workflow(workflow_id)
-        if row is not None and row.status == "failed":
-            await self.journal.retry_workflow(workflow_id)
-        self._placement.deliver_command(letter.actor_key, workflow_id)
-        return letter
+        return await commands.redeliver(self.journal, self._router, letter_id)
 
     async def wait_for_event(self, workflow_id: str, key: str, timeout: float) -> tuple[bool, Any]:
         """(found, value) of the workflow's event `key`, waiting up to `timeout` s.

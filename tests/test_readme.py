@@ -1,5 +1,5 @@
-"""The README's runtime example runs as written (on its embedded PostgreSQL),
-so the first code a newcomer copies stays true."""
+"""The README's examples run as written: the runtime example (on its embedded
+PostgreSQL) and the virtual-time one, so the code a newcomer copies stays true."""
 
 from __future__ import annotations
 
@@ -42,3 +42,15 @@ async def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
     assert outcome["created"] and outcome["found"]
     assert outcome["receipt"] == "receipt for order-1"
     assert len(payments.keys) == 1 and payments.keys[0].endswith(":1")
+
+
+async def test_the_readme_virtual_time_example_runs() -> None:
+    """The 7-day expiry a newcomer copies: its asserts run as written."""
+    section = README.read_text().split("### Testing with virtual time", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "the README lost its virtual-time example"
+    body = textwrap.indent(match.group(1) + "\nreturn locals()\n", "    ")
+    namespace: dict[str, Any] = {}
+    exec(f"async def example():\n{body}", namespace)  # noqa: S102 - our own README
+    outcome = await namespace["example"]()
+    assert outcome["done"].status == "completed" and outcome["log"]

@@ -59,3 +59,7 @@ def _letter(letter: DeadLetter) -> DeadLetterReply:
         id=letter.id, actor_key=letter.actor_key, message=redact(letter.message),
         error=letter.error, created_at=letter.created_at, redelivered_at=letter.redelivered_at,
     )
+
+
+# The operator CLI (edge/cli) shows dead letters it reads from the database as the API does.
+dead_letter_reply = _letter

@@ -122,3 +122,8 @@ def _step(step: StepRecord) -> StepReply:
         output=redact(step.output), error=step.error, history=step.history,
         app_version=step.app_version,
     )
+
+
+# The operator CLI (edge/cli) shows rows it reads from the database as the API does.
+workflow_summary = _summary
+step_reply = _step
