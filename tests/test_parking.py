@@ -105,16 +105,14 @@ async def test_an_unfixed_deploy_parks_them_again_without_a_hot_loop(journal: Jo
         await _parked(journal, rt, workflow_id, "one")
     runs.clear()
     async with deployed(journal, breaking(runs)) as rt:
-        # Recovery tries it (and the first catch-up sees its unconsumed signal):
-        # it parks again each time; later heartbeats leave it alone.
-        for _ in range(2):
+        # Recovery tries it, and a catch-up that has not yet seen its unconsumed
+        # signal (the first, and a heartbeat's running beside it) may too: it parks
+        # again each time. After that, catch-ups leave it alone: a hot loop would
+        # run it at every one of them.
+        for _ in range(8):
             await rt.catch_up()
             await _idle(rt)
-        tried = len(runs)
-        for _ in range(3):
-            await rt.catch_up()
-            await _idle(rt)
-        assert 1 <= tried <= 3 and len(runs) == tried, runs
+        assert 1 <= len(runs) <= 3, runs
     row = await journal.get_workflow(workflow_id)
     assert row is not None and row.status == "parked"
 
@@ -161,6 +159,7 @@ async def test_a_resumed_workflow_with_nothing_to_take_waits_again(journal: Jour
             StatusChange(workflow_id=workflow_id, status="parked", parked={"seq": 2}),)))
         await rt.retry(workflow_id)
         await wait_status(journal, workflow_id, "waiting")
+        await _idle(rt)
         runs.clear()
         await rt.catch_up()  # a pending one would be run again at every heartbeat
         await _idle(rt)
