@@ -20,7 +20,10 @@ RETINUE_RESOLVE_TIMEOUT (seconds, default 5), RETINUE_RETENTION
 (seconds a finished workflow keeps its steps, default 7 days, 0 for ever),
 RETINUE_IDEMPOTENCY_TTL (seconds an Idempotency-Key answers, default 1 day, 0 for
 ever), RETINUE_PRUNE_INTERVAL (seconds between prune passes, default 60),
-OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra).
+OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra),
+RETINUE_APP_VERSION (the version workflows record; default: a hash of their code),
+RETINUE_WORKFLOWS=module:attr (another version of the onboarding workflows: a
+subclass of actors.Onboarding, or any callable taking its keyword arguments).
 
 GET / is the dashboard: static files (static/) over the JSON API below it.
 """
@@ -28,12 +31,13 @@ GET / is the dashboard: static files (static/) over the JSON API below it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -62,7 +66,7 @@ from runtime import (
     otlp_exporter_from_env,
 )
 
-__all__ = ["ServerConfig", "cli", "main", "parse_config", "run_server"]
+__all__ = ["ServerConfig", "cli", "load_workflows", "main", "parse_config", "run_server"]
 
 _log = logging.getLogger("retinue.server")
 
@@ -86,6 +90,32 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     verification_ttl: float = DEFAULT_VERIFICATION_TTL.total_seconds()
     resolve_timeout: float = 5.0
     retention: RetentionSettings = RetentionSettings()
+    # "module:attr" naming the Onboarding (sub)class to run instead of the default.
+    workflows: str | None = None
+
+
+OnboardingFactory = Callable[..., Onboarding]
+
+
+def load_workflows(spec: str | None) -> OnboardingFactory:
+    """The Onboarding factory `spec` ("module:attr") names; Onboarding for None.
+    Raises ValueError with what to fix."""
+    if not spec:
+        return Onboarding
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not module:attr "
+                         "(e.g. tests.deploy_versions:VersionA)")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r}: {exc}; name an importable module "
+                         "and an attribute of it") from exc
+    if not callable(found):
+        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not callable: name an Onboarding "
+                         "subclass or a factory with its keyword arguments")
+    factory: OnboardingFactory = found
+    return factory
 
 
 async def run_server(
@@ -109,7 +139,7 @@ async def run_server(
         if config.webhook_url:
             communicator = await stack.enter_async_context(WebhookCommunicator(config.webhook_url))
         runtime = Runtime(journal, registry=CollectorRegistry(), retention=config.retention)
-        onboarding = Onboarding(
+        onboarding = load_workflows(config.workflows)(
             communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
@@ -206,6 +236,11 @@ def parse_config(
                         "localhost, 127.0.0.1, [::1] and --host; * for any "
                         "(default: $RETINUE_ALLOWED_HOSTS)")
     args = parser.parse_args(argv)
+    workflows = env.get("RETINUE_WORKFLOWS") or None
+    try:
+        load_workflows(workflows)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port (0 to 65535)")
     try:
@@ -227,6 +262,7 @@ def parse_config(
                                           DEFAULT_IDEMPOTENCY_TTL),
             interval=_env_seconds(parser, env, "RETINUE_PRUNE_INTERVAL", 60.0),
         ),
+        workflows=workflows,
     )
 
 
