@@ -15,6 +15,7 @@ import argparse
 import os
 import resource
 import shutil
+import sys
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import asyncpg
 import msgspec
 import psutil
 
@@ -136,11 +138,12 @@ async def _wrk(
     script.write_text(_WRK_SCRIPT % {"label": label})
     async with aiohttp.ClientSession() as session:
         before = await _statuses(session, base)
-        server_cpu = _cpu_seconds(server)
+        server_cpu, wrk_cpu = _cpu_seconds(server), _children_cpu_seconds()
         done = await anyio.run_process(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
              "-s", str(script), f"{base}/customers/invite"], check=True)
         server_cpu = _cpu_seconds(server) - server_cpu
+        wrk_cpu = _children_cpu_seconds() - wrk_cpu
         statuses = await _statuses(session, base) - before
         drained = await _drain(session, base)
     line = next(x for x in done.stdout.decode().splitlines() if x.startswith("WRK "))
@@ -159,8 +162,15 @@ async def _wrk(
         "server_statuses": dict(sorted(statuses.items())),
         "socket_errors": got["socket_errors"],
         "server_cpu_ms_per_request": round(server_cpu * 1000 / requests, 3),
+        "client_cpu_ms_per_request": round(wrk_cpu * 1000 / requests, 3),
         "seconds_to_drain_children": round(drained, 3),
     }
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of this process's finished children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -173,17 +183,37 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def transactions(dsn: str) -> int:
+    """Transactions committed in the bench database so far (pg_stat_database): each
+    journal read and each group commit is one, so a difference over a run divided by
+    its invites is the SQL statements per invite. Backends report their counts when
+    idle, at most once a second: read after a pause."""
+    await anyio.sleep(1.2)
+    conn = await asyncpg.connect(dsn)
+    try:
+        value = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    finally:
+        await conn.close()
+    return int(value)
+
+
 async def _measure(
-    base: str, server: psutil.Process, invites: int, concurrency: int, label: str
+    base: str, server: psutil.Process, invites: int, concurrency: int, label: str,
+    dsn: str | None = None,
 ) -> dict[str, Any]:
     emails = [f"bench-{label}-{i}@example.com" for i in range(invites)]
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
+    committed = await transactions(dsn) if dsn else 0
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
         elapsed, latencies, statuses = await send_invites(session, base, emails, concurrency)
         server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
         drained = await _drain(session, base)
+    # The server's own background (heartbeats, lease renewals: a few a second) and
+    # the drain's listing calls count too; small next to thousands of invites.
+    statements = (await transactions(dsn) - committed) / invites if dsn else None
     return {
         "client": "aiohttp",
         "concurrency": concurrency,
@@ -196,6 +226,7 @@ async def _measure(
         "statuses": dict(sorted(statuses.items())),
         "server_cpu_ms_per_request": round(server_cpu * 1000 / invites, 3),
         "client_cpu_ms_per_request": round(client_cpu * 1000 / invites, 3),
+        "sql_transactions_per_request": None if statements is None else round(statements, 2),
         "seconds_to_drain_children": round(drained, 3),
     }
 
@@ -223,9 +254,11 @@ async def run(
             await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup")
             for concurrency in concurrencies:
                 count = invites if concurrency > 1 else min(invites, 500)
-                results.append(
-                    await _measure(base, process, count, concurrency, f"{run_id}-c{concurrency}")
-                )
+                results.append(await _measure(base, process, count, concurrency,
+                                              f"{run_id}-c{concurrency}", dsn))
+            if wrk_seconds and not shutil.which("wrk"):
+                sys.stderr.write("bench http: wrk is not installed (apt-get install wrk, or "
+                                 "`make wrk`): only the Python client ran\n")
             if wrk_seconds and shutil.which("wrk"):
                 for concurrency in concurrencies:
                     results.append(await _wrk(base, process, wrk_seconds, concurrency,
@@ -243,6 +276,7 @@ async def run(
         "server_exit_code": exit_code,
         "server_stop_seconds": stop_seconds,
         "clients": "aiohttp in the bench process; wrk (one thread) with --wrk; same machine",
+        "wrk": shutil.which("wrk") is not None,
         "machine": machine(),
     }
 
