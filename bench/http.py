@@ -28,6 +28,8 @@ import asyncpg
 import msgspec
 import psutil
 
+from runtime.eventloop import run_options
+
 from .common import bench_database, emit, machine, percentile
 from .processes import ServerProcess
 
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     profile = str(Path(args.server_profile).resolve()) if args.server_profile else None
     emit(anyio.run(run, args.invites, args.concurrency, args.resolve_timeout, profile,
-                   args.wrk))
+                   args.wrk, **run_options()))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import asyncpg
 
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
+from runtime.eventloop import run_options
 
 from . import floor
 from .common import bench_database, emit, machine, percentile
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-seconds", type=float, default=2.0,
                         help="how long to measure the batched-insert floor for the ratio")
     args = parser.parse_args(argv)
-    emit(anyio.run(run, args.workflows, args.concurrency, args.floor_seconds))
+    emit(anyio.run(run, args.workflows, args.concurrency, args.floor_seconds, **run_options()))
 
 
 if __name__ == "__main__":
