@@ -26,7 +26,8 @@ import msgspec
 
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
-from runtime.eventloop import run_options
+
+from .common import run_options
 
 WORKFLOW = "recovery_shape"
 BEFORE = ("a", "b", "c")

@@ -16,11 +16,11 @@ import anyio
 import msgspec
 
 from journal import EmbeddedPostgres
-from runtime.eventloop import event_loop
 
 from .databases import fresh_database
 
-__all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine", "save"]
+__all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine", "save",
+           "event_loop", "run_options"]
 
 BENCH_DATA_DIR = os.environ.get("RETINUE_BENCH_DATA_DIR", ".retinue/bench-pg")
 # Where `emit` also files each result (`make bench` sets it to bench/results); unset,
@@ -43,6 +43,25 @@ async def bench_database(label: str) -> AsyncIterator[str]:
     DSN, drops it after."""
     async with fresh_database(await bench_server_dsn(), f"bench_{label}") as dsn:
         yield dsn
+
+
+def event_loop() -> str:
+    """The loop the runtime picks ("asyncio" on a revision from before the choice, so
+    that these benchmarks also run against older revisions: `python -m bench.ab`)."""
+    try:
+        from runtime.eventloop import event_loop as chosen
+    except ImportError:
+        return "asyncio"
+    return chosen()
+
+
+def run_options() -> dict[str, Any]:
+    """`anyio.run` keyword arguments for the loop the runtime picks."""
+    try:
+        from runtime.eventloop import run_options as chosen
+    except ImportError:
+        return {}
+    return chosen()
 
 
 def percentile(samples: list[float], q: float) -> float:

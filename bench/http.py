@@ -28,9 +28,7 @@ import asyncpg
 import msgspec
 import psutil
 
-from runtime.eventloop import run_options
-
-from .common import bench_database, emit, machine, percentile
+from .common import bench_database, emit, machine, percentile, run_options
 from .processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,9 @@ import asyncpg
 
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
-from runtime.eventloop import run_options
 
 from . import floor
-from .common import bench_database, emit, machine, percentile
+from .common import bench_database, emit, machine, percentile, run_options
 
 STEPS = ("invite", "communicate_invitation", "verify", "communicate_welcome")
 
