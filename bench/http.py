@@ -130,7 +130,8 @@ end
 
 
 async def _wrk(
-    base: str, server: psutil.Process, seconds: int, concurrency: int, label: str
+    base: str, server: psutil.Process, seconds: int, concurrency: int, label: str,
+    committed: Transactions,
 ) -> dict[str, Any]:
     """The same invites from wrk (one thread, `concurrency` connections, distinct
     emails from a Lua counter); statuses from the server's own metrics."""
@@ -146,6 +147,7 @@ async def _wrk(
         wrk_cpu = _children_cpu_seconds() - wrk_cpu
         statuses = await _statuses(session, base) - before
         drained = await _drain(session, base)
+    statements = await committed.since_last()
     line = next(x for x in done.stdout.decode().splitlines() if x.startswith("WRK "))
     got = msgspec.json.decode(line[4:])
     requests = max(got["requests"], 1)
@@ -163,6 +165,7 @@ async def _wrk(
         "socket_errors": got["socket_errors"],
         "server_cpu_ms_per_request": round(server_cpu * 1000 / requests, 3),
         "client_cpu_ms_per_request": round(wrk_cpu * 1000 / requests, 3),
+        "sql_transactions_per_request": round(statements / requests, 2),
         "seconds_to_drain_children": round(drained, 3),
     }
 
@@ -183,23 +186,36 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def transactions(dsn: str) -> int:
-    """Transactions committed in the bench database so far (pg_stat_database): each
-    journal read and each group commit is one, so a difference over a run divided by
-    its invites is the SQL statements per invite. Backends report their counts when
-    idle, at most once a second: read after a pause."""
-    await anyio.sleep(1.2)
-    conn = await asyncpg.connect(dsn)
-    try:
-        value = await conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-    finally:
-        await conn.close()
-    return int(value)
+class Transactions:
+    """Transactions committed in the bench database (pg_stat_database.xact_commit):
+    each journal read and each group commit is one, so the count over a run divided
+    by its invites is the SQL statements per invite. A backend reports its counts
+    when idle, but at most once a second, else up to 10 s later (PostgreSQL's
+    PGSTAT_IDLE_INTERVAL): `since_last` waits that out before it reads."""
+
+    SETTLE = 11.0
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._last: int | None = None
+
+    async def since_last(self) -> int:
+        """Committed since the previous call (0 on the first, which waits not)."""
+        if self._last is not None:
+            await anyio.sleep(self.SETTLE)
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            value = int(await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+        finally:
+            await conn.close()
+        delta, self._last = value - (self._last if self._last is not None else value), value
+        return delta
 
 
 async def _measure(
-    base: str, server: psutil.Process, invites: int, concurrency: int, label: str, dsn: str,
+    base: str, server: psutil.Process, invites: int, concurrency: int, label: str,
+    committed: Transactions,
 ) -> dict[str, Any]:
     emails = [f"bench-{label}-{i}@example.com" for i in range(invites)]
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -207,7 +223,7 @@ async def _measure(
     # The server's CPU while idle (heartbeats, lease renewals, sampling), per second:
     # on shared cores a run takes longer, and this background would bill its invites.
     idle_began, idle_cpu = time.perf_counter(), _cpu_seconds(server)
-    committed = await transactions(dsn)  # after a 1.2 s pause
+    await anyio.sleep(1.2)
     idle_rate = (_cpu_seconds(server) - idle_cpu) / (time.perf_counter() - idle_began)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
@@ -216,7 +232,7 @@ async def _measure(
         drained = await _drain(session, base)
     # The server's own background (heartbeats, lease renewals: a few a second) and
     # the drain's listing calls count too; small next to thousands of invites.
-    statements = (await transactions(dsn) - committed) / invites
+    statements = await committed.since_last() / invites
     return {
         "client": "aiohttp",
         "concurrency": concurrency,
@@ -257,18 +273,20 @@ async def run(
             ready = time.perf_counter() - began
             base = server.url
             process = psutil.Process(server.pid)
-            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", dsn)
+            committed = Transactions(dsn)
+            await committed.since_last()
+            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", committed)
             for concurrency in concurrencies:
                 count = invites if concurrency > 1 else min(invites, 500)
                 results.append(await _measure(base, process, count, concurrency,
-                                              f"{run_id}-c{concurrency}", dsn))
+                                              f"{run_id}-c{concurrency}", committed))
             if wrk_seconds and not shutil.which("wrk"):
                 sys.stderr.write("bench http: wrk is not installed (apt-get install wrk, or "
                                  "`make wrk`): only the Python client ran\n")
             if wrk_seconds and shutil.which("wrk"):
                 for concurrency in concurrencies:
                     results.append(await _wrk(base, process, wrk_seconds, concurrency,
-                                              f"{run_id}-wrk{concurrency}"))
+                                              f"{run_id}-wrk{concurrency}", committed))
             rss = process.memory_info().rss
         finally:
             exit_code, stop_seconds = await stop_server(server)
