@@ -90,6 +90,8 @@ def _http_run(run: dict[str, Any]) -> str:
             f"server CPU {run['server_cpu_ms_per_request']:g} ms/invite")
     if "client_cpu_ms_per_request" in run:
         text += f", client CPU {run['client_cpu_ms_per_request']:g} ms/invite"
+    if "sql_transactions_per_request" in run:
+        text += f", {run['sql_transactions_per_request']:g} SQL transactions/invite"
     return text
 
 
@@ -135,6 +137,8 @@ def _measured(r: dict[str, Any]) -> str:
         text += f" {r['measured_at'][:16].replace('T', ' ')}Z"
     if load is not None:
         text += f", load {load:g} on {facts.get('cpus')} cores"
+        if load > (facts.get("cpus") or 1):
+            text += " (**busy machine: other work shared the cores**)"
     return text + f" (`bench/results/{r['_file']}`)"
 
 
