@@ -276,17 +276,18 @@ async def run(
             committed = Transactions(dsn)
             await committed.since_last()
             await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", committed)
-            for concurrency in concurrencies:
+            # Each level its own emails (a level repeated must not re-invite customers).
+            for level, concurrency in enumerate(concurrencies):
                 count = invites if concurrency > 1 else min(invites, 500)
                 results.append(await _measure(base, process, count, concurrency,
-                                              f"{run_id}-c{concurrency}", committed))
+                                              f"{run_id}-{level}c{concurrency}", committed))
             if wrk_seconds and not shutil.which("wrk"):
                 sys.stderr.write("bench http: wrk is not installed (apt-get install wrk, or "
                                  "`make wrk`): only the Python client ran\n")
             if wrk_seconds and shutil.which("wrk"):
-                for concurrency in concurrencies:
+                for level, concurrency in enumerate(concurrencies):
                     results.append(await _wrk(base, process, wrk_seconds, concurrency,
-                                              f"{run_id}-wrk{concurrency}", committed))
+                                              f"{run_id}-{level}wrk{concurrency}", committed))
             rss = process.memory_info().rss
         finally:
             exit_code, stop_seconds = await stop_server(server)
