@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,17 @@ playwright_api = pytest.importorskip(
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set RETINUE_CHROMIUM)",
                 allow_module_level=True)
+
+
+@asynccontextmanager
+async def browser_page(width: int, height: int) -> AsyncIterator[Any]:
+    """A page of the system's headless Chromium, closed with it when the block ends."""
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield await browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            await browser.close()
 
 
 class Receiver:
@@ -109,30 +122,24 @@ async def test_the_dashboard_shows_a_timeline_with_a_retry_and_a_wait_and_retrie
 
         await eventually(settled)
         url = str(served.client.make_url("/"))
-        async with playwright_api.async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                       args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page(viewport={"width": 1440, "height": 900})
-                expected: set[int] = set()
-                problems = _watch_console(page, expected)
-                requests: list[str] = []
-                page.on("request", lambda request: requests.append(request.url))
-                await _sign_in(page, url, expected)
-                await _check_the_constants(page)
-                await _check_the_counts(page, served, requests)
-                await _check_the_counts_from_an_older_server(page, served, requests, expected)
-                await _check_a_failure_is_shown(page, expected)
-                await _check_an_overtaken_answer_is_dropped(page)
-                await _check_the_timeline(page, ada["workflow_id"], ada_child)
-                receiver.refusing = False
-                await _retry_through_the_ui(page, failed_child)
-                await eventually(lambda: _completed(served, failed_child), within=10,
-                                 what="the failed child to complete after its retry")
-                await _screenshot(page, url, ada["workflow_id"])
-                assert problems == [], problems
-            finally:
-                await browser.close()
+        async with browser_page(1440, 900) as page:
+            expected: set[int] = set()
+            problems = _watch_console(page, expected)
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            await _sign_in(page, url, expected)
+            await _check_the_constants(page)
+            await _check_the_counts(page, served, requests)
+            await _check_the_counts_from_an_older_server(page, served, requests, expected)
+            await _check_a_failure_is_shown(page, expected)
+            await _check_an_overtaken_answer_is_dropped(page)
+            await _check_the_timeline(page, ada["workflow_id"], ada_child)
+            receiver.refusing = False
+            await _retry_through_the_ui(page, failed_child)
+            await eventually(lambda: _completed(served, failed_child), within=10,
+                             what="the failed child to complete after its retry")
+            await _screenshot(page, url, ada["workflow_id"])
+            assert problems == [], problems
     print(f"browser test took {time.monotonic() - began:.1f} s")
 
 
@@ -388,26 +395,20 @@ async def test_a_parked_workflow_shows_its_mismatch_side_by_side(pg_dsn: str) ->
             StatusChange(workflow_id="parked-1", status="parked", error="mismatch",
                          parked=mismatch),)))
         url = str(served.client.make_url("/"))
-        async with playwright_api.async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                       args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                expected: set[int] = set()
-                problems = _watch_console(page, expected)
-                await _sign_in(page, url, expected)
-                await page.locator('.tab[data-status="parked"]').click()
-                row = page.locator('#workflow-table tr[data-id="parked-1"]')
-                await row.wait_for()
-                assert "b-version" in await row.inner_text()
-                await row.locator('a[href^="#/workflows/"]').click()
-                callout = page.locator("#parked-mismatch")
-                await callout.wait_for()
-                sides = await callout.locator(".parked-side").all_inner_texts()
-                assert len(sides) == 2, sides
-                assert "step verify.audit" in sides[0] and "c-version" in sides[0], sides
-                assert "patch verification-reminder" in sides[1] and "b-version" in sides[1]
-                assert "#2" in await callout.inner_text()
-                assert problems == [], problems
-            finally:
-                await browser.close()
+        async with browser_page(1280, 800) as page:
+            expected: set[int] = set()
+            problems = _watch_console(page, expected)
+            await _sign_in(page, url, expected)
+            await page.locator('.tab[data-status="parked"]').click()
+            row = page.locator('#workflow-table tr[data-id="parked-1"]')
+            await row.wait_for()
+            assert "b-version" in await row.inner_text()
+            await row.locator('a[href^="#/workflows/"]').click()
+            callout = page.locator("#parked-mismatch")
+            await callout.wait_for()
+            sides = await callout.locator(".parked-side").all_inner_texts()
+            assert len(sides) == 2, sides
+            assert "step verify.audit" in sides[0] and "c-version" in sides[0], sides
+            assert "patch verification-reminder" in sides[1] and "b-version" in sides[1]
+            assert "#2" in await callout.inner_text()
+            assert problems == [], problems

@@ -10,7 +10,7 @@ from typing import Any
 from bench.polling import eventually
 from runtime import RetentionSettings, VirtualClock
 from tests.server_support import invitation_token, serving
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, playwright_api
+from tests.test_dashboard_browser import browser_page
 
 
 async def test_the_dashboard_says_a_workflow_was_pruned(pg_dsn: str) -> None:
@@ -31,28 +31,22 @@ async def test_the_dashboard_says_a_workflow_was_pruned(pg_dsn: str) -> None:
 
         row = await eventually(pruned, what="the invite to be pruned")
         url = str(served.client.make_url("/"))
-        async with playwright_api.async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                       args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                errors: list[str] = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                await page.goto(f"{url}#/workflows/{workflow_id}")
-                note = page.locator(".timeline-box .callout-pruned")
-                await note.wait_for()
-                text = await note.inner_text()
-                assert text.startswith("Pruned ") and "RETINUE_RETENTION" in text
-                shown = await note.get_attribute("data-pruned")
-                assert datetime.fromisoformat(shown) == row.pruned_at
-                assert await page.locator(".timeline-box .tl-row").count() == 0
-                assert await page.locator(".wf-title .pill-pruned").inner_text() == "pruned"
-                facts = await page.locator(".wf-head dl.facts").inner_text()
-                assert "pruned" in facts.lower()  # dt labels are upper-cased by CSS
-                await page.goto(f"{url}#/workflows")
-                listed = page.locator(f'tr[data-id="{workflow_id}"] .pill-pruned')
-                await listed.wait_for()
-                assert await listed.inner_text() == "pruned"
-                assert errors == []
-            finally:
-                await browser.close()
+        async with browser_page(1280, 800) as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(f"{url}#/workflows/{workflow_id}")
+            note = page.locator(".timeline-box .callout-pruned")
+            await note.wait_for()
+            text = await note.inner_text()
+            assert text.startswith("Pruned ") and "RETINUE_RETENTION" in text
+            shown = await note.get_attribute("data-pruned")
+            assert datetime.fromisoformat(shown) == row.pruned_at
+            assert await page.locator(".timeline-box .tl-row").count() == 0
+            assert await page.locator(".wf-title .pill-pruned").inner_text() == "pruned"
+            facts = await page.locator(".wf-head dl.facts").inner_text()
+            assert "pruned" in facts.lower()  # dt labels are upper-cased by CSS
+            await page.goto(f"{url}#/workflows")
+            listed = page.locator(f'tr[data-id="{workflow_id}"] .pill-pruned')
+            await listed.wait_for()
+            assert await listed.inner_text() == "pruned"
+            assert errors == []
