@@ -42,7 +42,7 @@ import anyio.abc
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding
+from actors import DEFAULT_VERIFICATION_TTL, Communicator
 from edge import (
     ExposureError,
     Tokens,
@@ -50,6 +50,7 @@ from edge import (
     check_exposure,
     create_app,
     open_server,
+    register_workflows,
 )
 from edge.cli import main as operator_main
 from edge.cli import wants_cli
@@ -109,11 +110,11 @@ async def run_server(
         if config.webhook_url:
             communicator = await stack.enter_async_context(WebhookCommunicator(config.webhook_url))
         runtime = Runtime(journal, registry=CollectorRegistry(), retention=config.retention)
-        onboarding = Onboarding(
-            communicator=communicator,
+        # The one place the served code is chosen: `retinue replay-check` uses it too.
+        onboarding = register_workflows(
+            runtime, communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
-        onboarding.register(runtime)
         tracer = otlp_exporter_from_env(journal, os.environ)
         if tracer is not None:
             runtime.add_finish_listener(tracer.workflow_finished)
