@@ -20,7 +20,10 @@ RETINUE_RESOLVE_TIMEOUT (seconds, default 5), RETINUE_RETENTION
 (seconds a finished workflow keeps its steps, default 7 days, 0 for ever),
 RETINUE_IDEMPOTENCY_TTL (seconds an Idempotency-Key answers, default 1 day, 0 for
 ever), RETINUE_PRUNE_INTERVAL (seconds between prune passes, default 60),
-OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra).
+OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP, with the `opentelemetry` extra),
+RETINUE_APP_VERSION (the version workflows record; default: a hash of their code),
+RETINUE_WORKFLOWS=module:attr (another version of the onboarding workflows: a
+subclass of actors.Onboarding, or any callable taking its keyword arguments).
 
 GET / is the dashboard: static files (static/) over the JSON API below it.
 """
@@ -49,6 +52,7 @@ from edge import (
     WebhookCommunicator,
     check_exposure,
     create_app,
+    load_workflows,
     open_server,
     register_workflows,
 )
@@ -63,7 +67,7 @@ from runtime import (
     otlp_exporter_from_env,
 )
 
-__all__ = ["ServerConfig", "cli", "main", "parse_config", "run_server"]
+__all__ = ["ServerConfig", "cli", "load_workflows", "main", "parse_config", "run_server"]
 
 _log = logging.getLogger("retinue.server")
 
@@ -87,6 +91,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     verification_ttl: float = DEFAULT_VERIFICATION_TTL.total_seconds()
     resolve_timeout: float = 5.0
     retention: RetentionSettings = RetentionSettings()
+    # "module:attr" naming the Onboarding (sub)class to run instead of the default.
+    workflows: str | None = None
 
 
 async def run_server(
@@ -112,7 +118,7 @@ async def run_server(
         runtime = Runtime(journal, registry=CollectorRegistry(), retention=config.retention)
         # The one place the served code is chosen: `retinue replay-check` uses it too.
         onboarding = register_workflows(
-            runtime, communicator=communicator,
+            runtime, workflows=config.workflows, communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
         tracer = otlp_exporter_from_env(journal, os.environ)
@@ -207,6 +213,11 @@ def parse_config(
                         "localhost, 127.0.0.1, [::1] and --host; * for any "
                         "(default: $RETINUE_ALLOWED_HOSTS)")
     args = parser.parse_args(argv)
+    workflows = env.get("RETINUE_WORKFLOWS") or None
+    try:
+        load_workflows(workflows)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port (0 to 65535)")
     try:
@@ -228,6 +239,7 @@ def parse_config(
                                           DEFAULT_IDEMPOTENCY_TTL),
             interval=_env_seconds(parser, env, "RETINUE_PRUNE_INTERVAL", 60.0),
         ),
+        workflows=workflows,
     )
 
 

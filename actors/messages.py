@@ -122,7 +122,7 @@ VerifyOutcome = CustomerVerified | VerificationRejected
 
 
 class CommunicationRequest(_Frozen, frozen=True):
-    type: str  # "invitation" | "welcome"
+    type: str  # "invitation" | "reminder" | "welcome"
     customer_id: str
     email: str
     token: str = ""

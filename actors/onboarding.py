@@ -39,6 +39,9 @@ __all__ = [
     "write_verification",
     "ALREADY_INVITED",
     "WRONG_TOKEN",
+    "REMINDER_PATCH",
+    "REMINDER_BEFORE_EXPIRY",
+    "reminder_time",
 ]
 
 ALREADY_INVITED = "customer already invited"
@@ -119,3 +122,20 @@ def write_verification(
 
 def verification_deadline(invited: CustomerInvited, ttl: timedelta) -> datetime:
     return invited.invited_at + ttl
+
+
+# -- the verification reminder (version B, behind a patch) ---------------------------
+
+# Added while customers were waiting: the invite workflow asks
+# `ctx.patched(REMINDER_PATCH)` so invitations sent before the deploy go on
+# without a reminder, and new ones get it (README: "Deploy while customers wait").
+REMINDER_PATCH = "verification-reminder"
+REMINDER_BEFORE_EXPIRY = timedelta(days=2)
+
+
+def reminder_time(invited: CustomerInvited, ttl: timedelta) -> datetime | None:
+    """Pure: when to remind the customer, two days before the invitation expires;
+    None when it is open for two days or less (no reminder then)."""
+    if ttl <= REMINDER_BEFORE_EXPIRY:
+        return None
+    return verification_deadline(invited, ttl) - REMINDER_BEFORE_EXPIRY

@@ -25,10 +25,12 @@ from .messages import (
     VerifyResult,
 )
 from .onboarding import (
+    REMINDER_PATCH,
     lookup_invite,
     operate_expire,
     operate_invite,
     operate_verify,
+    reminder_time,
     write_invite,
     write_verification,
 )
@@ -109,20 +111,32 @@ class Onboarding:
 
     @staticmethod
     def _request(kind: str, invited: CustomerInvited) -> CommunicationRequest:
-        token = invited.token if kind == "invitation" else ""
+        token = invited.token if kind in ("invitation", "reminder") else ""
         return CommunicationRequest(
             type=kind, customer_id=invited.customer_id, email=invited.email, token=token
         )
 
     async def _verify_customer(self, ctx: WorkflowContext, invited: CustomerInvited) -> bool:
-        """Wait for the right token until the invitation expires; True if verified."""
+        """Wait for the right token until the invitation expires, reminding the
+        customer two days before; True if verified."""
         deadline = invited.invited_at + self.verification_ttl
+        # The reminder came with a deploy while invitations were open: those go
+        # on along the old path (no marker in their history), new ones remind.
+        remind_at = None
+        if await ctx.patched(REMINDER_PATCH):
+            remind_at = reminder_time(invited, self.verification_ttl)
         while True:
             now = await ctx.now()
+            reminding = remind_at is not None and now < remind_at
+            until = remind_at if reminding and remind_at is not None else deadline
             wake = await ctx.wait_for_signal(
-                VERIFY_SIGNAL, timeout=max(0.0, (deadline - now).total_seconds()),
+                VERIFY_SIGNAL, timeout=max(0.0, (until - now).total_seconds()),
                 payload_type=VerifyCustomer,
             )
+            if wake.timed_out and reminding:
+                remind_at = None
+                await ctx.start_child(COMMUNICATE_WORKFLOW, self._request("reminder", invited))
+                continue
             if wake.timed_out:
                 expired = await ctx.step(
                     "verify.operate_expire", operate_expire, invited, now, effect=False

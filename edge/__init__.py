@@ -17,7 +17,7 @@ from .routing import Route
 from .sampler import quantile
 from .serving import Listening, open_server, serve
 from .webhook import WebhookCommunicator, WebhookError
-from .workflow_code import register_workflows, served_workflows
+from .workflow_code import load_workflows, register_workflows, served_workflows
 
 __all__ = [
     "MAX_BODY",
@@ -32,6 +32,7 @@ __all__ = [
     "check_exposure",
     "create_app",
     "is_loopback",
+    "load_workflows",
     "open_server",
     "openapi_document",
     "quantile",

@@ -61,7 +61,9 @@ __all__ = [
     "json_response",
 ]
 
-WORKFLOW_STATUSES: Final = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+WORKFLOW_STATUSES: Final = (
+    "pending", "running", "waiting", "parked", "completed", "failed", "cancelled"
+)
 
 
 def every_status(counts: Mapping[str, int]) -> dict[str, int]:
@@ -94,9 +96,9 @@ class ForkRequest(_Body, frozen=True):
 class WorkflowQuery(_Body, frozen=True):
     """The query of GET /workflows."""
 
-    status: Literal["pending", "running", "waiting", "completed", "failed", "cancelled"] | None = (
-        None
-    )
+    status: Literal[
+        "pending", "running", "waiting", "parked", "completed", "failed", "cancelled"
+    ] | None = None
     actor: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     # Opaque to clients; both journals hand out a row position (see list_workflows).
@@ -203,6 +205,10 @@ class WorkflowSummary(_Reply, frozen=True):
     # A fork: the workflow it was forked from, and at which seq (else null).
     forked_from: str | None
     forked_at_seq: int | None
+    # The application version it started under ("" if it predates versions).
+    app_version: str
+    # Why it is parked: {seq, expected, found, found_version, running_version}.
+    parked: Any
 
 
 class StepReply(_Reply, frozen=True):
@@ -218,6 +224,8 @@ class StepReply(_Reply, frozen=True):
     error: str | None
     # Every attempt when there was more than one: [{attempt, started_at, finished_at, error}].
     history: Any = None
+    # The application version whose code wrote the record.
+    app_version: str = ""
 
 
 class WorkflowReply(WorkflowSummary, frozen=True):

@@ -32,6 +32,7 @@ from .postgres import PostgresJournal, open_journal
 from .records import (
     FINISHED_STATUSES,
     FORKABLE_STATUSES,
+    PARKED,
     PARTITION_COUNT,
     Batch,
     DeadLetter,
@@ -50,6 +51,7 @@ from .records import (
 __all__ = [
     "FINISHED_STATUSES",
     "FORKABLE_STATUSES",
+    "PARKED",
     "PARTITION_COUNT",
     "Batch",
     "Cluster",

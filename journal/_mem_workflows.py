@@ -15,6 +15,7 @@ from .errors import InvalidForkError, InvalidTransitionError
 from .records import (
     FINISHED_STATUSES,
     FORKABLE_STATUSES,
+    PARKED,
     Signal,
     StepRecord,
     WorkflowPage,
@@ -73,6 +74,13 @@ class MemoryWorkflows(MemoryState, Workflows):
         counts: dict[str, int] = {}
         for row in self._workflows.values():
             counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+    async def count_parked(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._workflows.values():
+            if row.status == PARKED:
+                counts[row.name] = counts.get(row.name, 0) + 1
         return counts
 
     async def children(self, workflow_id: str) -> list[WorkflowRow]:
@@ -149,14 +157,14 @@ class MemoryWorkflows(MemoryState, Workflows):
     async def retry_workflow(self, workflow_id: str) -> None:
         async with self._lock:
             row = self._require(workflow_id)
-            if row.status != "failed" or row.pruned_at is not None:
+            if row.status not in ("failed", PARKED) or row.pruned_at is not None:
                 raise InvalidTransitionError(workflow_id, _shown(row), "retry")
             steps = self._steps.get(workflow_id, {})
             for seq, step in steps.items():
                 if step.status == "failed":
                     steps[seq] = msgspec.structs.replace(step, status="retrying")
             self._workflows[workflow_id] = msgspec.structs.replace(
-                row, status="pending", error=None, updated_at=self._now()
+                row, status="pending", error=None, parked=None, updated_at=self._now()
             )
 
     async def fork_workflow(

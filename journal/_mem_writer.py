@@ -14,6 +14,7 @@ from .base import Writer
 from .errors import FencedError, IntegrityError, StaleRunError
 from .records import (
     FINISHED_STATUSES,
+    PARKED,
     Batch,
     Document,
     DomainEvent,
@@ -165,7 +166,8 @@ class MemoryWriter(MemoryState, Writer):
             if row.status in FINISHED_STATUSES and self._guards:
                 continue  # the same end again: a no-op
             self._workflows[row.id] = msgspec.structs.replace(
-                row, status=change.status, result=change.result, error=change.error, updated_at=now
+                row, status=change.status, result=change.result, error=change.error,
+                parked=change.parked if change.status == PARKED else None, updated_at=now,
             )
         for event in batch.events:
             if self._is_stored(event):
@@ -196,6 +198,7 @@ class MemoryWriter(MemoryState, Writer):
             request_hash=wf.request_hash,
             parent_id=wf.parent_id,
             trace_id=wf.trace_id,
+            app_version=wf.app_version,
             created_at=now,
             updated_at=now,
             position=next(self._positions),

@@ -18,7 +18,8 @@ _R = TypeVar("_R")
 WORKFLOW_COLUMNS: Final = """
     id, position, name, actor_key, partition, status, input, result, error,
     idempotency_key, request_hash, parent_id, trace_id, cancel_requested,
-    created_at, updated_at, run_id, pruned_at, forked_from, forked_at_seq
+    created_at, updated_at, run_id, pruned_at, forked_from, forked_at_seq, app_version,
+    parked
 """
 UNFINISHED: Final = "status NOT IN ('completed', 'failed', 'cancelled')"
 PING: Final = "SELECT 1"

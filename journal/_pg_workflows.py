@@ -14,6 +14,7 @@ from .errors import InvalidForkError, InvalidTransitionError, WorkflowNotFoundEr
 from .records import (
     FINISHED_STATUSES,
     FORKABLE_STATUSES,
+    PARKED,
     Signal,
     StepRecord,
     WorkflowPage,
@@ -22,9 +23,13 @@ from .records import (
 
 __all__ = ["PostgresWorkflows"]
 
+# An operator's retry runs a failed workflow again from its failed step, a
+# parked one again with the code deployed now.
+_RETRYABLE: Final = frozenset({"failed", PARKED})
+
 _STEP_COLUMNS: Final = """
     workflow_id, seq, name, kind, status, attempt, input, output, error,
-    started_at, finished_at, fire_at, history, run_id
+    started_at, finished_at, fire_at, history, run_id, app_version
 """
 _GET_WORKFLOW: Final = "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE id = $1"
 _LIST_WORKFLOWS: Final = (
@@ -41,6 +46,9 @@ ORDER BY position DESC
 LIMIT $5"""
 )
 _COUNT_BY_STATUS: Final = "SELECT status, count(*) AS n FROM workflows GROUP BY status"
+_COUNT_PARKED: Final = (
+    "SELECT name, count(*) AS n FROM workflows WHERE status = 'parked' GROUP BY name"
+)
 _CHILDREN: Final = (
     "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE parent_id = $1 ORDER BY position"
 )
@@ -105,7 +113,8 @@ _RETRY_STEPS: Final = (
     "UPDATE steps SET status = 'retrying' WHERE workflow_id = $1 AND status = 'failed'"
 )
 _RETRY_WORKFLOW: Final = (
-    "UPDATE workflows SET status = 'pending', error = NULL, updated_at = now() WHERE id = $1"
+    "UPDATE workflows SET status = 'pending', error = NULL, parked = NULL, updated_at = now() "
+    "WHERE id = $1"
 )
 
 _BY_IDEMPOTENCY_KEY: Final = (
@@ -200,6 +209,10 @@ class PostgresWorkflows(PostgresBase, Workflows):
         return {row["status"]: row["n"] for row in await self._pool.fetch(_COUNT_BY_STATUS)}
 
     @boundary
+    async def count_parked(self) -> dict[str, int]:
+        return {row["name"]: row["n"] for row in await self._pool.fetch(_COUNT_PARKED)}
+
+    @boundary
     async def children(self, workflow_id: str) -> list[WorkflowRow]:
         return [workflow_row(row) for row in await self._pool.fetch(_CHILDREN, workflow_id)]
 
@@ -247,7 +260,7 @@ class PostgresWorkflows(PostgresBase, Workflows):
     async def retry_workflow(self, workflow_id: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             status = await _lock_status_txn(conn, workflow_id)
-            if status != "failed":
+            if status not in _RETRYABLE:
                 raise InvalidTransitionError(workflow_id, status, "retry")
             await conn.execute(_RETRY_STEPS, workflow_id)
             await conn.execute(_RETRY_WORKFLOW, workflow_id)

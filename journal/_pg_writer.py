@@ -19,8 +19,8 @@ __all__ = ["PostgresWriter"]
 _CREATE_WORKFLOW: Final = (
     """
 INSERT INTO workflows (id, name, actor_key, partition, input, idempotency_key,
-                       request_hash, parent_id, trace_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       request_hash, parent_id, trace_id, app_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT DO NOTHING
 RETURNING"""
     + WORKFLOW_COLUMNS

@@ -3,7 +3,7 @@
 The group-commit writer hands `append_batches` everything that queued up during
 the previous commit. The group travels as ONE jsonb document (`_Group`, encoded
 by msgspec through the pool's jsonb codec) to the `retinue_append` function
-(migration 4), which checks the leases, the run fences and the step and status
+(migration 4, replaced by 5), which checks the leases, the run fences and the step and status
 guards, then writes every part: one round trip, one fsync. Python and SQL meet
 by field name, so a new column is one field here and one in the SQL.
 """
@@ -55,6 +55,7 @@ class _Step(msgspec.Struct, frozen=True, kw_only=True):
     history: Any
     epoch: int | None
     run_id: str | None
+    app_version: str
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +115,7 @@ def _step(step: Any, batch: Batch) -> _Step:
         started_at=step.started_at, finished_at=step.finished_at, fire_at=step.fire_at,
         history=step.history, epoch=batch.epoch,
         run_id=batch.run.run_id if batch.run is not None else None,
+        app_version=step.app_version,
     )
 
 
@@ -129,6 +131,7 @@ def workflow_args(wf: NewWorkflow) -> tuple[Any, ...]:
         wf.request_hash,
         wf.parent_id,
         wf.trace_id,
+        wf.app_version,
     )
 
 

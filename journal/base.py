@@ -192,6 +192,10 @@ class Workflows(Protocol):
     async def count_workflows_by_status(self) -> dict[str, int]: ...
 
     @abc.abstractmethod
+    async def count_parked(self) -> dict[str, int]:
+        """How many workflows are parked, by workflow name (names with none left out)."""
+
+    @abc.abstractmethod
     async def children(self, workflow_id: str) -> list[WorkflowRow]: ...
 
     @abc.abstractmethod
@@ -223,9 +227,10 @@ class Workflows(Protocol):
 
     @abc.abstractmethod
     async def retry_workflow(self, workflow_id: str) -> None:
-        """A failed workflow goes back to pending; its failed steps become
-        'retrying' so replay runs them again. Earlier completed steps stay.
-        Raises WorkflowNotFoundError, InvalidTransitionError unless failed."""
+        """A failed or parked workflow goes back to pending (a parked one forgets
+        its mismatch and runs again with the code deployed now); failed steps
+        become 'retrying' so replay runs them again. Earlier completed steps stay.
+        Raises WorkflowNotFoundError, InvalidTransitionError unless failed or parked."""
 
     @abc.abstractmethod
     async def fork_workflow(

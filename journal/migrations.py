@@ -14,6 +14,7 @@ from ._migrations import (
     v2_append_function,
     v3_nodes,
     v4_fences,
+    v5_versions,
     v6_retention,
     v7_forks,
 )
@@ -35,6 +36,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
               v3_nodes.SQL),
     Migration(4, "the journal as the fence: runs, step and status guards; one jsonb group",
               v4_fences.SQL),
+    Migration(5, "versions: the app version of workflows and steps; parked workflows",
+              v5_versions.SQL),
     Migration(6, "retention: pruned workflows, and the indexes the pruner reads",
               v6_retention.SQL),
     Migration(7, "forks: forked_from and forked_at_seq, indexed", v7_forks.SQL),

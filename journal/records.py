@@ -17,6 +17,7 @@ __all__ = [
     "PARTITION_COUNT",
     "FINISHED_STATUSES",
     "FORKABLE_STATUSES",
+    "PARKED",
     "Batch",
     "DeadLetter",
     "Document",
@@ -38,6 +39,10 @@ FINISHED_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 # What an operator may fork: nothing runs these (parked waits for new code or an operator).
 FORKABLE_STATUSES: Final = FINISHED_STATUSES | {"parked"}
 
+# Replayed code disagreed with the journal: nothing runs until a deploy (or an
+# operator) moves it on. Not finished: it may go back to running or pending.
+PARKED: Final = "parked"
+
 
 class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
     """An accepted command: a workflow to run on an actor."""
@@ -51,6 +56,8 @@ class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
     request_hash: str | None = None
     parent_id: str | None = None
     trace_id: str = ""
+    # The application version that accepted it (runtime/versions.py); "" before v5.
+    app_version: str = ""
 
 
 class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +86,11 @@ class WorkflowRow(msgspec.Struct, frozen=True, kw_only=True):
     # the seq it was forked at (the original's completed steps before it were copied).
     forked_from: str | None = None
     forked_at_seq: int | None = None
+    # The application version it started under; "" for rows older than migration 5.
+    app_version: str = ""
+    # Why it is parked (status "parked"): {"seq", "expected", "found",
+    # "found_version", "running_version"}; None when it is not.
+    parked: Any = None
 
 
 class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +124,8 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
     history: Any = None
     # The run that wrote this record (its batch's RunFence); set by the journal.
     run_id: str | None = None
+    # The application version whose code wrote it; "" for records older than migration 5.
+    app_version: str = ""
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +133,8 @@ class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     result: Any = None
     error: str | None = None
+    # The mismatch that parks it, with status "parked"; every other move clears it.
+    parked: Any = None
 
 
 class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -57,10 +57,12 @@ from .tracing import (
     trace_spans,
     workflow_spans,
 )
+from .versions import APP_VERSION_ENV, app_version
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_RETENTION",
+    "APP_VERSION_ENV",
     "SYSTEM_CLOCK",
     "Clock",
     "LoopClock",
@@ -101,6 +103,7 @@ __all__ = [
     "WorkflowFn",
     "WriteSet",
     "check_history_replays",
+    "app_version",
     "current_step",
     "event_type_of",
     "export_history",

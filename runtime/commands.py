@@ -56,9 +56,9 @@ async def cancel(journal: Journal, router: Router, workflow_id: str) -> list[str
 
 
 async def retry(journal: Journal, router: Router, workflow_id: str) -> None:
-    """Put a failed workflow back to pending (its failed steps run again, earlier
-    ones are not) and run it. Raises WorkflowNotFoundError, InvalidTransitionError
-    unless it failed."""
+    """Put a failed or parked workflow back to pending (its failed steps run again,
+    earlier ones are not; a parked one replays with the code deployed now) and run
+    it. Raises WorkflowNotFoundError, InvalidTransitionError unless failed or parked."""
     await journal.retry_workflow(workflow_id)
     router.drop_preloaded(workflow_id)
     row = await journal.get_workflow(workflow_id)

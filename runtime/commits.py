@@ -70,6 +70,7 @@ class Committer(RunHost):
         self._cancelling: set[str] = set()
         self.accepting = False
         self.ready = False
+        self.app_version = ""  # set by the Runtime as workflows are registered
 
     def journal_answered(self, answered: bool) -> None:
         """The journal answered a heartbeat (True) or did not: ready follows it

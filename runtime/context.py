@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, Protocol, TypeVar, overload
+from typing import Any, Final, NoReturn, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -35,9 +35,12 @@ from .errors import NonDeterminismError, NonRetryableError, StepFailedError, Wor
 from .policy import DEFAULT_RETRY, RetryPolicy
 from .store import Reader, WriteSet
 
-__all__ = ["WorkflowContext", "StepInfo", "Wakeup", "current_step", "Suspended"]
+__all__ = ["PATCH_KIND", "WorkflowContext", "StepInfo", "Wakeup", "current_step", "Suspended"]
 
 T = TypeVar("T")
+
+# The kind of the marker step `patched` journals (its name is the patch's).
+PATCH_KIND: Final = "patch"
 
 
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +80,9 @@ class RunHost(Protocol):
 
     journal: Journal
     clock: Clock
+    # The application version this node runs (runtime/versions.py): stamped on
+    # every step record and child workflow it writes.
+    app_version: str
 
     async def commit(self, batch: Batch) -> None: ...
     def epoch_of(self, partition: int) -> int: ...
@@ -173,7 +179,7 @@ class WorkflowContext:
             raise StepFailedError(self.workflow_id, seq, name, recorded.error or "")
         self._check_cancelled()
         if recorded is not None and recorded.status == "backoff":
-            self._await_backoff(recorded)
+            await self._await_backoff(recorded)
         # Attempts only go up (the journal refuses a lower one): a crash mid-step
         # spends one; an operator's retry starts a new round of the policy's tries.
         attempt = 1 if recorded is None else recorded.attempt + 1
@@ -187,12 +193,12 @@ class WorkflowContext:
             where=f"the output of step {recorded.name!r} (seq {recorded.seq})",
         )
 
-    def _await_backoff(self, recorded: StepRecord) -> None:
+    async def _await_backoff(self, recorded: StepRecord) -> None:
         """A step backing off: suspend until its next attempt is due (a durable
         timer, so the actor handles other messages meanwhile)."""
         assert recorded.fire_at is not None
         if self._now() < recorded.fire_at:
-            self._suspend(recorded.fire_at)
+            await self._wait_again(recorded.fire_at)
 
     async def _attempt(
         self,
@@ -298,6 +304,35 @@ class WorkflowContext:
         """The current time, journaled so a replay sees the same instant."""
         return await self.step("now", self._now, effect=False)
 
+    # -- patches: changing a workflow that has runs in flight ------------------
+
+    async def patched(self, name: str) -> bool:
+        """True if this run takes the new code path of patch `name`. Not cancellable
+        (it may only defer a record, committed with the next write).
+
+        At the live edge of the history, a marker step (kind "patch") is journaled
+        and True returned; on replay, True if the marker is the next record (it is
+        consumed), False if anything else is: that history passed this point under
+        code without the patch, and it goes on along the old path (the seq is
+        not consumed). Once no history without the marker is left, replace the
+        call by `deprecate_patch(name)` and drop the old path."""
+        at_patch = self._at_patch(name)
+        if at_patch is False:
+            return False
+        seq, recorded = self._next(PATCH_KIND, name)
+        if recorded is None:
+            self._defer(self._record(seq, name, PATCH_KIND, "completed", 1, self._now(),
+                                     finished=True))
+        return True
+
+    async def deprecate_patch(self, name: str) -> None:
+        """Step over the marker of patch `name` if the history holds it next;
+        journal nothing otherwise. Histories written while `patched(name)` was in
+        the code replay; new ones no longer carry the marker. Once none with the
+        marker is left, delete the call."""
+        if self._at_patch(name):
+            self._seq += 1
+
     # -- children and events -------------------------------------------------
 
     async def start_child(self, workflow: str, input: Any, *, actor_key: str | None = None) -> str:
@@ -317,6 +352,7 @@ class WorkflowContext:
             input=to_json_value(input),
             parent_id=self.workflow_id,
             trace_id=self._row.trace_id,
+            app_version=self._host.app_version,
         )
         record = self._record(seq, workflow, "child", "completed", 1, self._now(), output=child.id,
                               finished=True)
@@ -390,7 +426,17 @@ class WorkflowContext:
             record = self._record(seq, step_name, "wait", "started", 1, started_at,
                                   fire_at=fire_at, input=signal)
             await self._commit(record, status="waiting")
-        self._suspend(fire_at)
+            self._suspend(fire_at)
+        await self._wait_again(fire_at)
+
+    async def _wait_again(self, until: datetime | None) -> NoReturn:
+        """Suspend at a wait (or backoff) the journal already holds. A workflow that
+        came back to it from `parked` (a fixed deploy) or `pending` (an operator's
+        retry) is `waiting` again: said so in the journal, else it would look
+        parked, or catch-up would take it for new work at every heartbeat."""
+        if self._status != "waiting":
+            await self._commit(None, status="waiting")
+        self._suspend(until)
 
     def _suspend(self, until: datetime | None) -> NoReturn:
         """Leave the actor until `until` (a durable timer, armed here; None: until
@@ -418,9 +464,18 @@ class WorkflowContext:
         recorded = self._history.get(self._seq)
         if recorded is not None and (recorded.kind != kind or recorded.name != name):
             raise NonDeterminismError(
-                self.workflow_id, self._seq, f"{kind} {name}", f"{recorded.kind} {recorded.name}"
+                self.workflow_id, self._seq, f"{kind} {name}", f"{recorded.kind} {recorded.name}",
+                found_version=recorded.app_version,
             )
         return self._seq, recorded
+
+    def _at_patch(self, name: str) -> bool | None:
+        """What the journal holds at the next seq: None (nothing: the live edge),
+        True (the marker of patch `name`), False (anything else)."""
+        recorded = self._history.get(self._seq + 1)
+        if recorded is None:
+            return None
+        return recorded.kind == PATCH_KIND and recorded.name == name
 
     def _check_cancelled(self) -> None:
         if self._host.cancel_requested(self.workflow_id):
@@ -435,6 +490,7 @@ class WorkflowContext:
             workflow_id=self.workflow_id, seq=seq, name=name, kind=kind, status=status,
             attempt=attempt, input=input, output=output, error=error, started_at=started_at,
             finished_at=self._now() if finished else None, fire_at=fire_at, history=history,
+            app_version=self._host.app_version,
         )
 
     async def _write_step(
@@ -496,9 +552,12 @@ class WorkflowContext:
         for event in events:
             self._host.event_published(event.workflow_id, event.key, event.value)
 
-    async def finish(self, status: str, *, result: Any = None, error: str | None = None) -> None:
-        """Record the workflow's end (the runtime calls this, not workflow code)."""
+    async def finish(
+        self, status: str, *, result: Any = None, error: str | None = None, parked: Any = None
+    ) -> None:
+        """Record the workflow's end, or that it is parked with the mismatch
+        `parked` (the runtime calls this, not workflow code)."""
         change = StatusChange(workflow_id=self.workflow_id, status=status,
-                              result=result, error=error)
+                              result=result, error=error, parked=parked)
         await self._commit_batch(None, (change,), {})
         self._status = status

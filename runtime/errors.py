@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "RetinueError",
     "NonDeterminismError",
@@ -24,16 +26,28 @@ class RetinueError(Exception):
 class NonDeterminismError(RetinueError):
     """Replayed code asked for a different step than the journal holds."""
 
-    def __init__(self, workflow_id: str, seq: int, expected: str, found: str) -> None:
+    def __init__(
+        self, workflow_id: str, seq: int, expected: str, found: str, *, found_version: str = ""
+    ) -> None:
         self.workflow_id = workflow_id
         self.seq = seq
         self.expected = expected  # what the code asked for
         self.found = found  # what the journal holds at seq
+        # The application version whose code wrote the record found ("" if unknown).
+        self.found_version = found_version
+        written = f" (written by version {found_version!r})" if found_version else ""
         super().__init__(
             f"workflow {workflow_id!r} at seq {seq} asked for step {expected!r}, but the journal "
-            f"holds {found!r} there. Check that your workflow is deterministic: the same input "
-            "must ask for the same steps in the same order (read clocks and randomness in steps)."
+            f"holds {found!r} there{written}. If a deploy changed the workflow, put the change "
+            "behind `await ctx.patched(name)` (or deploy the code that wrote it) and the "
+            "parked workflow resumes; else check that your workflow is deterministic: the "
+            "same input must ask for the same steps in the same order."
         )
+
+    def mismatch(self, running_version: str) -> dict[str, Any]:
+        """The mismatch as the journal keeps it on a parked workflow."""
+        return {"seq": self.seq, "expected": self.expected, "found": self.found,
+                "found_version": self.found_version, "running_version": running_version}
 
 
 class StepFailedError(RetinueError):

@@ -8,7 +8,15 @@ from typing import Any, Final
 
 import msgspec
 
-from journal import FINISHED_STATUSES, Batch, StaleRunError, StatusChange, StepRecord, WorkflowRow
+from journal import (
+    FINISHED_STATUSES,
+    PARKED,
+    Batch,
+    StaleRunError,
+    StatusChange,
+    StepRecord,
+    WorkflowRow,
+)
 
 from .actor import Actor, ActorHost, Run
 from .codec import decode_recorded, input_type_of, to_json_value
@@ -129,12 +137,28 @@ class Executor(ActorHost):
             return
         except WorkflowCancelledError as exc:
             await self._finish(ctx, row, "cancelled", error=str(exc))
-        except (StepFailedError, NonDeterminismError, PayloadDecodeError) as exc:
-            # Code and journal disagree (or a step gave up): the workflow fails with
-            # a message that says what to deploy, and the actor goes on.
+        except NonDeterminismError as exc:
+            await self._park_or_cancel(ctx, row, exc)
+        except (StepFailedError, PayloadDecodeError) as exc:
+            # A step gave up, or a stored value no longer decodes: the workflow
+            # fails with a message that says what to deploy, and the actor goes on.
             await self._finish(ctx, row, "failed", error=str(exc))
         else:
             await self._finish(ctx, row, "completed", result=to_json_value(result))
+
+    async def _park_or_cancel(
+        self, ctx: WorkflowContext, row: WorkflowRow, exc: NonDeterminismError
+    ) -> None:
+        """The code deployed disagrees with the journal: the workflow is parked,
+        with the mismatch, and nothing more of it runs until a deploy or an
+        operator moves it on (every start of a runtime tries it again). A cancel
+        request wins: it needs no code to agree."""
+        if self._committer.cancel_requested(row.id):
+            await self._finish(ctx, row, "cancelled", error=f"cancelled while parked: {exc}")
+            return
+        running = self._committer.app_version
+        await ctx.finish(PARKED, error=str(exc), parked=exc.mismatch(running))
+        _log.warning("workflow %s parked (version %s): %s", row.id, running, exc)
 
     async def _finish(
         self, ctx: WorkflowContext, row: WorkflowRow, outcome: str, *,
@@ -145,7 +169,8 @@ class Executor(ActorHost):
         elapsed = (self._clock.now() - row.created_at).total_seconds()
         self._metrics.workflow_duration.labels(row.name).observe(max(elapsed, 0.0))
         self._waiters.finished(msgspec.structs.replace(
-            row, status=outcome, result=result, error=error, updated_at=self._clock.now()
+            row, status=outcome, result=result, error=error, parked=None,
+            updated_at=self._clock.now(),
         ))
 
     # -- crashes --------------------------------------------------------------------

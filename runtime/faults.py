@@ -126,6 +126,9 @@ class DelegatingJournal(Journal):
     async def count_workflows_by_status(self) -> dict[str, int]:
         return await self.inner.count_workflows_by_status()
 
+    async def count_parked(self) -> dict[str, int]:
+        return await self.inner.count_parked()
+
     async def children(self, workflow_id: str) -> list[WorkflowRow]:
         return await self.inner.children(workflow_id)
 

@@ -70,6 +70,14 @@ class RuntimeMetrics:
         self.mailbox_depth = Gauge(
             "retinue_mailbox_depth", "Messages waiting in all mailboxes.", registry=registry
         )
+        # Journal truth, not this node's: set from a count query (Runtime.count_parked)
+        # on every scrape, so every node of a cluster reports the same numbers.
+        self.workflows_parked = Gauge(
+            "retinue_workflows_parked",
+            "Workflows parked because their replayed code disagrees with their journal "
+            "(deploy code that matches, or retry or cancel them), by workflow.",
+            ["workflow"], registry=registry,
+        )
         self.passivations = Counter(
             "retinue_passivations", "Idle actors stopped to free memory.", registry=registry
         )

@@ -41,6 +41,7 @@ from .context import Suspended, WorkflowContext
 from .errors import NonDeterminismError, StepFailedError, WorkflowCancelledError
 from .execution import WorkflowFn
 from .partitions import partition_of
+from .versions import app_version
 
 __all__ = [
     "HISTORY_FORMAT",
@@ -136,9 +137,10 @@ class _ReplayHost:
     """A RunHost that serves nothing new: a commit or a child's start would be a
     write, so it stops the replay (the context stops before any of them)."""
 
-    def __init__(self, journal: Journal, clock: Clock) -> None:
+    def __init__(self, journal: Journal, clock: Clock, version: str) -> None:
         self.journal = journal
         self.clock = clock
+        self.app_version = version  # the code replayed: what a mismatch names as running
 
     async def commit(self, batch: Batch) -> None:
         _refuse()
@@ -217,7 +219,8 @@ async def _replay(
         return _result(row, UNKNOWN, f"no workflow named {row.name!r} is registered: "
                        "register it, or this workflow cannot run after the deploy")
     history = {step.seq: step for step in steps}
-    ctx = _ReplayContext(_ReplayHost(journal, clock), row, dict(history), run_id="replay")
+    host = _ReplayHost(journal, clock, app_version(workflows))
+    ctx = _ReplayContext(host, row, dict(history), run_id="replay")
     try:
         await fn(ctx, from_json_value(row.input, input_type_of(fn)))
     except _Stop as stop:

@@ -52,6 +52,7 @@ from .placement import Placement
 from .policy import RestartPolicy
 from .recovery import Recovery
 from .retention import Pruner, RetentionSettings
+from .versions import app_version
 from .waiters import Waiters
 
 __all__ = ["Runtime", "RuntimeStatistics", "WorkflowFn"]
@@ -77,7 +78,7 @@ def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
         id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
         status="pending", input=new.input, idempotency_key=new.idempotency_key,
         request_hash=new.request_hash, parent_id=new.parent_id, trace_id=new.trace_id,
-        created_at=now, updated_at=now,
+        app_version=new.app_version, created_at=now, updated_at=now,
     )
 
 
@@ -129,6 +130,7 @@ class Runtime:
         self.node_id = node_id or default_node_id()
         self.metrics = metrics = RuntimeMetrics(registry or CollectorRegistry())
         self._workflows: dict[str, WorkflowFn] = {}
+        self._parked_names: set[str] = set()  # gauge labels ever set, so they can read 0
         restart = restart or RestartPolicy()
         self._placement = placement = Placement(
             journal, clock, metrics, mailbox_size=mailbox_size, max_in_flight=max_in_flight,
@@ -151,12 +153,30 @@ class Runtime:
     def register(self, fn: WorkflowFn, *, name: str | None = None) -> WorkflowFn:
         """Make `fn(ctx, input)` startable as workflow `name` (default: its __name__)."""
         self._workflows[name or fn.__name__] = fn
+        self._committer.app_version = app_version(self._workflows)
         return fn
 
     @property
     def workflows(self) -> Mapping[str, WorkflowFn]:
         """The registered workflows by name (read-only): what `replay_check` replays."""
         return MappingProxyType(self._workflows)
+
+    @property
+    def app_version(self) -> str:
+        """The application version this runtime stamps on what it writes:
+        RETINUE_APP_VERSION, else a hash of the registered workflows' code."""
+        return self._committer.app_version
+
+    async def count_parked(self) -> dict[str, int]:
+        """Parked workflows by name, from the journal; also sets the
+        retinue_workflows_parked gauge: every registered workflow and every name
+        once seen parked has a sample, 0 when none is (an alert can say `== 0`)."""
+        counts = await self.journal.count_parked()
+        self._parked_names |= set(counts) | set(self._workflows)
+        gauge = self.metrics.workflows_parked
+        for name in self._parked_names:
+            gauge.labels(name).set(counts.get(name, 0))
+        return counts
 
     # -- life cycle -------------------------------------------------------------
 
@@ -272,6 +292,7 @@ class Runtime:
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             trace_id=trace_id or self._new_id(),
+            app_version=self.app_version,
         )
         # Reserved before it commits: catch-up or recovery, seeing it pending in
         # between, must not run it first (its Run below then trusts a stale row).
@@ -343,7 +364,8 @@ class Runtime:
         return await commands.cancel(self.journal, self._router, workflow_id)
 
     async def retry(self, workflow_id: str) -> None:
-        """Resume a failed workflow from its failed step; earlier steps are not re-run.
+        """Resume a failed workflow from its failed step, or run a parked one again
+        with the code deployed now; earlier steps are not re-run.
         Raises OverloadedError (nothing written) past the in-flight bound."""
         self._check_capacity()
         await commands.retry(self.journal, self._router, workflow_id)

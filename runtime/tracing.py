@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from journal import FINISHED_STATUSES, Journal, StepRecord, WorkflowRow
+from journal import FINISHED_STATUSES, PARKED, Journal, StepRecord, WorkflowRow
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -80,6 +80,11 @@ class Span(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: str | None = None
     child_workflow_id: str | None = None
     timed_out: bool | None = None
+    # The application version the workflow started under, or that wrote the step.
+    app_version: str | None = None
+    # A parked workflow's mismatch (its span's "parked" event):
+    # {seq, expected, found, found_version, running_version}.
+    parked: dict[str, Any] | None = None
 
 
 # -- trace context ----------------------------------------------------------------
@@ -153,6 +158,8 @@ def workflow_spans(row: WorkflowRow, steps: Sequence[StepRecord]) -> list[Span]:
         remote_parent=is_remote, kind="workflow", name=row.name, status=row.status,
         started_at=row.created_at, error=row.error,
         finished_at=row.updated_at if row.status in FINISHED_STATUSES else None,
+        app_version=row.app_version or None,
+        parked=row.parked if row.status == PARKED and isinstance(row.parked, dict) else None,
     )
     spans = [root]
     for step in steps:
@@ -171,7 +178,7 @@ def _step_span(step: StepRecord, root: Span, common: Mapping[str, Any]) -> Span:
         parent_span_id=root.span_id, kind=step.kind, name=step.name, status=step.status,
         seq=step.seq, attempt=step.attempt, started_at=step.started_at,
         finished_at=step.finished_at, fire_at=step.fire_at, error=step.error,
-        child_workflow_id=child, timed_out=timed_out,
+        child_workflow_id=child, timed_out=timed_out, app_version=step.app_version or None,
     )
 
 
@@ -320,7 +327,7 @@ def to_otel_spans(spans: Sequence[Span], resource: Any = None) -> list[ReadableS
         end = span.finished_at or ends.get(span.workflow_id) or span.started_at
         converted.append(ReadableSpan(
             name=span.name, context=context, parent=parent, resource=resource,
-            attributes=_attributes(span), status=_status(span),
+            attributes=_attributes(span), status=_status(span), events=_events(span),
             start_time=_nanos(span.started_at), end_time=_nanos(max(end, span.started_at)),
             instrumentation_scope=scope,
         ))
@@ -338,6 +345,7 @@ def _attributes(span: Span) -> dict[str, str | int | bool]:
         "retinue.child.workflow.id": span.child_workflow_id,
         "retinue.wait.fire_at": span.fire_at.isoformat() if span.fire_at else None,
         "retinue.wait.timed_out": span.timed_out, "retinue.error": span.error,
+        "retinue.app_version": span.app_version,
     }
     attributes.update({k: v for k, v in optional.items() if v is not None})
     return attributes
@@ -346,11 +354,23 @@ def _attributes(span: Span) -> dict[str, str | int | bool]:
 def _status(span: Span) -> Any:
     from opentelemetry.trace import Status, StatusCode
 
-    if span.status in ("failed", "cancelled") or (span.kind == "attempt" and span.error):
+    if span.status in ("failed", "cancelled", PARKED) or (
+            span.kind == "attempt" and span.error):
         return Status(StatusCode.ERROR, span.error or span.status)
     if span.status == "completed":
         return Status(StatusCode.OK)
     return Status(StatusCode.UNSET)
+
+
+def _events(span: Span) -> list[Any]:
+    """A parked workflow's span carries the mismatch as its "parked" event."""
+    from opentelemetry.sdk.trace import Event
+
+    if span.parked is None:
+        return []
+    attributes = {f"retinue.parked.{key}": value for key, value in span.parked.items()
+                  if isinstance(value, (str, int))}
+    return [Event("parked", attributes, _nanos(span.finished_at or span.started_at))]
 
 
 def _nanos(moment: datetime) -> int:

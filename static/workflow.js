@@ -33,6 +33,8 @@ function header(wf, actions) {
     h("dl", { class: "facts" },
       field("ID", h("span", { class: "mono" }, wf.id), copyButton(wf.id)),
       field("Actor", actorLink(wf.actor_key)),
+      field("Version", h("span", { class: "mono", title: "the application version it started under" },
+        wf.app_version || "–")),
       wf.parent_id ? field("Parent", idLink(wf.parent_id)) : null,
       wf.forked_from ? field("Forked from", idLink(wf.forked_from),
         ` at step #${wf.forked_at_seq}`) : null,
@@ -43,7 +45,24 @@ function header(wf, actions) {
       field(ended ? "Took" : "Running for", duration(took)),
       wf.pruned_at ? field("Pruned", when(wf.pruned_at)) : null,
       wf.idempotency_key ? field("Idempotency key", h("span", { class: "mono" }, wf.idempotency_key)) : null),
-    wf.error ? h("div", { class: "callout callout-error" }, h("strong", {}, "Error "), wf.error) : null);
+    wf.parked ? parkedCallout(wf.parked) : null,
+    wf.error && !wf.parked ? h("div", { class: "callout callout-error" }, h("strong", {}, "Error "), wf.error) : null);
+}
+
+// A parked workflow: what the code deployed now asked for, beside what its
+// journal holds at that seq, each with the version whose code it is.
+function parkedCallout(parked) {
+  const side = (title, step, version) => h("div", { class: "parked-side" },
+    h("div", { class: "muted small" }, title),
+    h("div", { class: "mono parked-step" }, step),
+    h("div", { class: "small" }, "version ", h("span", { class: "mono" }, version || "unknown")));
+  return h("div", { class: "callout callout-parked", id: "parked-mismatch" },
+    h("strong", {}, `Parked at step #${parked.seq}`),
+    " — its replayed code disagrees with its journal. Deploy code that matches (or put the change behind ",
+    h("code", {}, "ctx.patched(name)"), "), or retry or cancel it.",
+    h("div", { class: "parked-sides" },
+      side("Expected by the code running now", parked.expected, parked.running_version),
+      side("Found in the journal", parked.found, parked.found_version)));
 }
 
 // A pruned workflow has no steps left to draw: say so, and when, instead of an
@@ -90,6 +109,8 @@ function spanDetails(span, detail, onFork) {
       span.fire_at ? field(span.status === "backoff" ? "Next attempt" : "Timer", `${absolute(span.fire_at)} (${relative(span.fire_at)})`) : null,
       span.kind === "wait" && span.finished_at ? field("Woken by", span.timed_out ? "the timer" : "a signal") : null,
       span.attempt > 1 ? field("Attempts", String(span.attempt)) : null,
+      span.app_version ? field(span.kind === "workflow" ? "Started under" : "Written by",
+        h("span", { class: "mono" }, `version ${span.app_version}`)) : null,
       field("Span", h("span", { class: "mono" }, span.span_id))),
   ];
   if (span.child_workflow_id) {

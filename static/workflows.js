@@ -49,7 +49,7 @@ function elapsed(wf, now) {
 function table(page, now) {
   if (!page.workflows.length) return empty("No workflow matches these filters.");
   return h("table", { class: "table rows-link", id: "workflow-table" },
-    h("thead", {}, h("tr", {}, ["Status", "Workflow", "Name", "Actor", "Created", "Duration", "Error"]
+    h("thead", {}, h("tr", {}, ["Status", "Workflow", "Name", "Version", "Actor", "Created", "Duration", "Error"]
       .map((title) => h("th", {}, title)))),
     h("tbody", {}, page.workflows.map((wf) => h("tr", {
       "data-id": wf.id,
@@ -61,6 +61,7 @@ function table(page, now) {
       ? [" ", h("span", { class: "pill pill-pruned", title: `pruned ${wf.pruned_at}` }, "pruned")] : null),
     h("td", {}, idLink(wf.id), wf.parent_id ? h("span", { class: "muted small" }, " child") : null),
     h("td", {}, wf.name),
+    h("td", { class: "mono small", title: "the application version it started under" }, wf.app_version || "–"),
     h("td", {}, actorLink(wf.actor_key)),
     h("td", {}, when(wf.created_at, now)),
     h("td", {}, elapsed(wf, now)),

@@ -117,8 +117,8 @@ async def test_the_overview_counts_workflows_and_measures_rates_and_latency(
         return data if data["counts"]["completed"] == 3 else None
 
     data = await eventually(settled)
-    assert data["counts"] == {"pending": 0, "running": 0, "waiting": 3, "completed": 3,
-                              "failed": 0, "cancelled": 0}
+    assert data["counts"] == {"pending": 0, "running": 0, "waiting": 3, "parked": 0,
+                              "completed": 3, "failed": 0, "cancelled": 0}
     assert data["total"] == 6
     assert data["runtime"]["ready"] is True
     assert data["runtime"]["active_actors"] == 3 and data["runtime"]["timers"] == 3
@@ -152,7 +152,8 @@ async def test_workflow_counts_are_the_overviews_counts_alone_behind_the_token(
         assert (await client.get("/api/workflow-counts")).status == 401
         empty = await client.get("/api/workflow-counts", headers=token)
         assert await empty.json() == {"counts": {"pending": 0, "running": 0, "waiting": 0,
-                                                 "completed": 0, "failed": 0, "cancelled": 0}}
+                                                 "parked": 0, "completed": 0, "failed": 0,
+                                                 "cancelled": 0}}
         for name in ("ann", "ben"):
             await invite(served, f"{name}@example.com", **token)
 
@@ -162,8 +163,8 @@ async def test_workflow_counts_are_the_overviews_counts_alone_behind_the_token(
             return data if data["counts"]["completed"] == 2 else None
 
         data = await eventually(settled)
-        assert data == {"counts": {"pending": 0, "running": 0, "waiting": 2, "completed": 2,
-                                   "failed": 0, "cancelled": 0}}
+        assert data == {"counts": {"pending": 0, "running": 0, "waiting": 2, "parked": 0,
+                                   "completed": 2, "failed": 0, "cancelled": 0}}
         overview = await (await client.get("/api/overview", headers=token)).json()
         assert overview["counts"] == data["counts"]
 
@@ -286,8 +287,8 @@ async def test_the_trace_of_an_invite_has_its_steps_child_retry_and_wait(pg_dsn:
     mine = [s for s in spans if s["workflow_id"] == workflow_id and s["kind"] != "workflow"]
     assert [(s["seq"], s["kind"], s["name"]) for s in mine] == [
         (1, "step", "invite.lookup"), (2, "step", "invite.operate"), (3, "write", "invite.write"),
-        (4, "event", "invite"), (5, "child", "communicate_to_customer"), (6, "step", "now"),
-        (7, "wait", "signal:verify"),
+        (4, "event", "invite"), (5, "child", "communicate_to_customer"),
+        (6, "patch", "verification-reminder"), (7, "step", "now"), (8, "wait", "signal:verify"),
     ]
     wait = mine[-1]
     assert wait["status"] == "started" and "finished_at" not in wait and wait["fire_at"]
@@ -387,8 +388,8 @@ async def test_the_list_filters_and_pages_over_thousands_of_workflows(pg_dsn: st
 
         overview = await get(served, "/api/overview")
         assert overview["counts"] == {"pending": 0, "running": 0, "waiting": MANY // 10,
-                                      "completed": MANY * 8 // 10 - 10, "failed": MANY // 10,
-                                      "cancelled": 10}
+                                      "parked": 0, "completed": MANY * 8 // 10 - 10,
+                                      "failed": MANY // 10, "cancelled": 10}
 
         failed = await _all_pages(served, status="failed", limit=120)
         assert [w["id"] for w in failed] == [f"wf-{i:05d}" for i in range(MANY - 10, -1, -10)]

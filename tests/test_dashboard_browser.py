@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from aiohttp.test_utils import TestServer
 from bench.polling import eventually
 from edge import WebhookCommunicator
 from edge.schemas import WORKFLOW_STATUSES
+from journal import Batch, NewWorkflow, StatusChange, StepRecord
 from tests.server_support import Served, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("RETINUE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+T_STEP = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TOKEN = "dash-s3cret"  # the operator token
@@ -322,10 +325,10 @@ async def _check_the_timeline(page: Any, workflow_id: str, child_id: str) -> Non
     assert parent == [
         ("workflow", "invite_customer"), ("step", "invite.lookup"), ("step", "invite.operate"),
         ("write", "invite.write"), ("event", "invite"), ("child", "communicate_to_customer"),
-        ("step", "now"), ("wait", "signal:verify"),
+        ("patch", "verification-reminder"), ("step", "now"), ("wait", "signal:verify"),
     ], names
     seqs = [int(r["seq"]) for r in rows if r["workflow"] == workflow_id and r["seq"]]
-    assert seqs == sorted(seqs) == list(range(1, 8))
+    assert seqs == sorted(seqs) == list(range(1, 9))
     # The child is drawn under the step that started it, its steps in order.
     start = names.index((workflow_id, "child", "communicate_to_customer"))
     assert names[start + 1] == (child_id, "workflow", "communicate_to_customer")
@@ -368,3 +371,42 @@ async def _screenshot(page: Any, url: str, workflow_id: str) -> None:
     await page.locator(".span-detail").wait_for()
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+async def test_a_parked_workflow_shows_its_mismatch_side_by_side(pg_dsn: str) -> None:
+    mismatch = {"seq": 2, "expected": "step verify.audit",
+                "found": "patch verification-reminder", "found_version": "b-version",
+                "running_version": "c-version"}
+    async with serving(pg_dsn, api_token=TOKEN) as served:
+        workflow = NewWorkflow(id="parked-1", name="invite_customer", actor_key="customer:x",
+                               partition=3, app_version="b-version")
+        await served.journal.create_workflow(workflow)
+        step = StepRecord(workflow_id="parked-1", seq=1, name="invite.lookup",
+                          status="completed", started_at=T_STEP, finished_at=T_STEP,
+                          app_version="b-version")
+        await served.journal.append(Batch(partition=3, epoch=None, steps=(step,), statuses=(
+            StatusChange(workflow_id="parked-1", status="parked", error="mismatch",
+                         parked=mismatch),)))
+        url = str(served.client.make_url("/"))
+        async with playwright_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM,
+                                                       args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                problems = _watch_console(page, set())
+                await _sign_in(page, url)
+                await page.locator('.tab[data-status="parked"]').click()
+                row = page.locator('#workflow-table tr[data-id="parked-1"]')
+                await row.wait_for()
+                assert "b-version" in await row.inner_text()
+                await row.locator('a[href^="#/workflows/"]').click()
+                callout = page.locator("#parked-mismatch")
+                await callout.wait_for()
+                sides = await callout.locator(".parked-side").all_inner_texts()
+                assert len(sides) == 2, sides
+                assert "step verify.audit" in sides[0] and "c-version" in sides[0], sides
+                assert "patch verification-reminder" in sides[1] and "b-version" in sides[1]
+                assert "#2" in await callout.inner_text()
+                assert problems == [], problems
+            finally:
+                await browser.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from bench.polling import eventually
 from tests.server_support import serving
 from tests.test_dashboard_browser import (
+    API_TOKEN,
     CHROMIUM,
     CHROMIUM_ARGS,
     TOKEN,
@@ -19,7 +20,7 @@ from tests.test_fork import Shop, _failed_checkout
 
 async def test_the_fork_button_forks_from_the_chosen_step(pg_dsn: str) -> None:
     shop = Shop()
-    async with serving(pg_dsn, api_token=TOKEN) as served:
+    async with serving(pg_dsn, api_token=API_TOKEN, operator_token=TOKEN) as served:
         served.runtime.register(shop.buggy(), name="checkout")
         original = await _failed_checkout(served.runtime, shop)
         served.runtime.register(shop.fixed(), name="checkout")
@@ -29,8 +30,9 @@ async def test_the_fork_button_forks_from_the_chosen_step(pg_dsn: str) -> None:
                                                        args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1440, "height": 900})
-                problems = _watch_console(page, set())
-                await _sign_in(page, url)
+                expected: set[int] = set()
+                problems = _watch_console(page, expected)
+                await _sign_in(page, url, expected)
                 await page.goto(url + f"#/workflows/{original}")
                 await page.locator("[data-action=fork]").click()
                 dialog = page.locator(".dialog[role=dialog]")

@@ -8,7 +8,6 @@ with --url, through the running server's HTTP API; a few run as real
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import os
@@ -23,14 +22,12 @@ import anyio
 import pytest
 from aiohttp import web
 
-from actors import CustomerInvited, Onboarding
 from bench.databases import fresh_database
 from bench.polling import eventually
 from bench.processes import ROOT, ServerProcess
-from edge import cli, served_workflows
-from edge.cli import replay_check
+from edge import cli
 from journal import EmbeddedPostgres, NewWorkflow, PostgresJournal
-from runtime import WorkflowContext, partition_of
+from runtime import partition_of
 from runtime.cluster import wake_payload
 from server import main as server_main
 
@@ -357,33 +354,6 @@ async def test_export_writes_a_history_on_both_targets(
                           database=database))[0] == 1
 
 
-async def _remind(email: str) -> str:
-    return f"reminder for {email}"
-
-
-class _RemindFirst(Onboarding):
-    """The next version of the onboarding code: a step before the wait for the
-    customer's verification, which histories recorded before it do not hold."""
-
-    async def _verify_customer(self, ctx: WorkflowContext, invited: CustomerInvited) -> bool:
-        await ctx.step("verify.remind", _remind, invited.email, effect=False)
-        return await super()._verify_customer(ctx, invited)
-
-
-async def _replay_check_of(app: type[Onboarding], *argv: str, database: str
-                           ) -> tuple[int, str]:
-    """`retinue replay-check` with the workflow code `app` installed, as server.py
-    would serve it (the served registrations, another Onboarding)."""
-    groups = [group for group in cli.GROUPS if group is not replay_check.register]
-    code_of = functools.partial(served_workflows, app=app)
-    parser = cli.program.build_parser(
-        [*groups, functools.partial(replay_check.register, workflows=code_of)], {})
-    out = io.StringIO()
-    code = await cli.program.run(parser, ["replay-check", *argv],
-                                 {"DATABASE_URL": database}, out)
-    return code, out.getvalue()
-
-
 async def test_replay_check_passes_the_served_code_and_names_what_other_code_breaks(
     server: ServerProcess, journal: PostgresJournal, database: str
 ) -> None:
@@ -396,19 +366,27 @@ async def test_replay_check_passes_the_served_code_and_names_what_other_code_bre
     assert code == 0 and text.rstrip().endswith("ok: this code replays them all"), text
     report = await retinue_json("replay-check", "--id", waiting, database=database)
     assert report["ok"] and [r["outcome"] for r in report["results"]] == ["replays"]
-    assert (await _replay_check_of(Onboarding, "--id", waiting, database=database))[0] == 0
+    version = report["results"][0]["version"]
+    assert version  # the version the workflow was started under
 
-    code, text = await _replay_check_of(_RemindFirst, "--id", waiting, database=database)
+    # The code of the next deploy, chosen as the server would choose it: a step
+    # inserted before the wait, with no patch.
+    next_code = {"RETINUE_WORKFLOWS": "tests.deploy_versions:VersionC"}
+    code, text = await retinue("replay-check", "--id", waiting, database=database,
+                               env=next_code)
     [line, summary] = text.splitlines()
-    assert code == 1 and line.startswith(f"MISMATCH {waiting} invite_customer version=- seq=")
-    assert "the code asks for 'step verify.remind', the journal holds" in line
-    assert summary.endswith("1 would not replay: deploying this code stops them")
-    code, text = await _replay_check_of(_RemindFirst, "--id", waiting, "--json",
-                                        database=database)
+    assert code == 1, text
+    assert line.startswith(f"MISMATCH {waiting} invite_customer version={version} seq=")
+    assert "the code asks for 'step verify.audit', the journal holds" in line
+    assert summary.endswith("1 would not replay: deploying this code parks them")
+    code, text = await retinue("replay-check", "--id", waiting, "--json", database=database,
+                               env=next_code)
     [result] = json.loads(text)["results"]
     assert code == 1 and (result["workflow_id"], result["outcome"], result["ok"]) == (
         waiting, "mismatch", False)
-    assert result["expected"] == "step verify.remind" and result["found"]
+    assert result["expected"] == "step verify.audit" and result["found"]
+    assert (await retinue("replay-check", database=database,
+                          env={"RETINUE_WORKFLOWS": "tests.nowhere:Nothing"}))[0] == 2
 
 
 async def test_replay_check_names_unknown_workflows_and_missing_ids(

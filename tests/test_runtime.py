@@ -71,7 +71,7 @@ async def test_replay_after_a_crash_at_every_journal_write(journal: Journal) -> 
         assert [s.status for s in steps] == ["completed"] * 4
 
 
-async def test_a_changed_workflow_fails_naming_both_steps(journal: Journal) -> None:
+async def test_a_changed_workflow_is_parked_naming_both_steps(journal: Journal) -> None:
 
     async def v1(ctx: WorkflowContext, _: None) -> None:
         await ctx.step("charge", lambda: 1)
@@ -82,16 +82,22 @@ async def test_a_changed_workflow_fails_naming_both_steps(journal: Journal) -> N
 
     async with Runtime(journal) as rt:
         rt.register(v1, name="flow")
+        old_version = rt.app_version
         row, _ = await rt.start_workflow("flow", None, actor_key="a:1")
         await wait_status(journal, row.id, "waiting")
     async with Runtime(journal) as rt:
         rt.register(v2, name="flow")
         # A waiting workflow stays out of memory until it wakes; then it replays.
         await rt.signal(row.id, "go")
-        done = await rt.wait_for_finish(row.id, 5)
-    assert done is not None and done.status == "failed"
-    assert "'step refund'" in (done.error or "") and "'step charge'" in (done.error or "")
-    assert "seq 1" in (done.error or "")
+        await wait_status(journal, row.id, "parked")
+        new_version = rt.app_version
+    parked = await journal.get_workflow(row.id)
+    assert parked is not None
+    assert old_version != new_version
+    assert "'step refund'" in (parked.error or "") and "'step charge'" in (parked.error or "")
+    assert "seq 1" in (parked.error or "")
+    assert parked.parked == {"seq": 1, "expected": "step refund", "found": "step charge",
+                             "found_version": old_version, "running_version": new_version}
 
 
 async def test_signal_sent_before_the_wait_is_consumed_once(journal: Journal) -> None:

@@ -3,7 +3,9 @@ the stored histories? Run it before a deploy, with the new code installed.
 
 It replays (runtime.replay_check: reads only, no side effects, safe while
 servers run) against the workflows `edge.served_workflows` registers, the very
-registrations server.py serves with, however the code is chosen. It needs the
+registrations server.py serves with, however the code is chosen (the default,
+or RETINUE_WORKFLOWS=module:attr, read from the environment as the server
+reads it: set it as the servers will have it after the deploy). It needs the
 code, so it works on the database only, never through --url.
 """
 
@@ -11,24 +13,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 import msgspec
 
 from edge.workflow_code import served_workflows
-from journal import Journal
-from runtime import ReplayReport, ReplayResult, WorkflowFn, replay_check
+from runtime import ReplayReport, ReplayResult, replay_check
 
 from .errors import EXIT_OK, EXIT_REFUSED
 from .output import Output
 from .program import Commands
 from .target import Target
 
-__all__ = ["Workflows", "register"]
-
-# The workflows (by name) to replay against, given the journal and the environment.
-Workflows = Callable[[Journal, Mapping[str, str]], Mapping[str, WorkflowFn]]
+__all__ = ["register"]
 
 _EXAMPLES: Final = """\
   retinue replay-check                              every unfinished workflow
@@ -38,17 +36,17 @@ _EXAMPLES: Final = """\
   DATABASE_URL=postgresql://... retinue replay-check || echo 'do not deploy'"""
 
 
-def register(commands: Commands, workflows: Workflows = served_workflows) -> None:
-    """Add `replay-check`, replaying against `workflows` (a test passes other code)."""
-    run = functools.partial(_check, workflows=workflows, environ=commands.environ)
+def register(commands: Commands) -> None:
+    run = functools.partial(_check, environ=commands.environ)
     check = commands.add(
         "replay-check", run, server=False, examples=_EXAMPLES,
         help="replay stored histories against the code installed here, before a deploy",
         description="Replay stored workflow histories against the workflow code installed "
-        "here (what `retinue serve` would register, with the same environment), with no "
+        "here (what `retinue serve` would register with the same environment, "
+        "RETINUE_WORKFLOWS included), with no "
         "side effects and no writes: safe while servers run. Prints one line per workflow "
         "the code would not replay, then a summary; exits 1 if there is any (deploying "
-        "this code would stop them), 0 otherwise.")
+        "this code would park them), 0 otherwise.")
     check.add_argument("--finished", type=_count, default=0, metavar="N",
                        help="also the N most recently finished workflows (default 0: only "
                        "unfinished ones)")
@@ -76,10 +74,10 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-async def _check(args: argparse.Namespace, target: Target, *, workflows: Workflows,
-                 environ: Mapping[str, str]) -> Output:
+async def _check(args: argparse.Namespace, target: Target, *, environ: Mapping[str, str]
+                 ) -> Output:
     journal = target.database()
-    report = await replay_check(journal, workflows(journal, environ), ids=args.ids,
+    report = await replay_check(journal, served_workflows(journal, environ), ids=args.ids,
                                 workflow=args.workflow, finished=args.finished,
                                 timeout=args.timeout)
     text = "\n".join([*map(_problem, report.problems), _summary(report)])
@@ -100,5 +98,5 @@ def _problem(result: ReplayResult) -> str:
 def _summary(report: ReplayReport) -> str:
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(report.summary.items()))
     verdict = ("ok: this code replays them all" if report.ok else
-               f"{len(report.problems)} would not replay: deploying this code stops them")
+               f"{len(report.problems)} would not replay: deploying this code parks them")
     return f"replay check: {len(report.results)} workflow(s) ({counts or 'none'}): {verdict}"

@@ -57,7 +57,8 @@ def register(commands: Commands) -> None:
         examples="  retinue workflows cancel 0b6f...\n"
         "  retinue workflows cancel 0b6f... --url http://127.0.0.1:8080")
     cancel.add_argument("id")
-    retry = group.add("retry", _retry, help="resume a failed workflow from its failed step",
+    retry = group.add("retry", _retry, help="resume a failed workflow from its failed step, "
+                      "or run a parked one again with the code deployed now",
                       examples="  retinue workflows retry 0b6f...\n"
                       "  retinue workflows retry 0b6f... --json")
     retry.add_argument("id")
@@ -142,8 +143,8 @@ def _describe(w: WorkflowReply) -> str:
     facts = [("id", w.id), ("name", w.name), ("status", w.status), ("actor", w.actor_key),
              ("parent", w.parent_id), ("created", w.created_at), ("updated", w.updated_at),
              ("took", took(w.created_at, w.updated_at)),
-             ("cancel requested", w.cancel_requested),
-             ("error", w.error), ("trace", w.trace_id)]
+             ("cancel requested", w.cancel_requested), ("version", w.app_version),
+             ("parked", w.parked), ("error", w.error), ("trace", w.trace_id)]
     lines = [f"{name + ':':<18}{cell(value, 100)}" for name, value in facts]
     steps = [(s.seq, s.name, s.kind, s.status, s.attempt, s.started_at,
               took(s.started_at, s.finished_at), s.error) for s in w.steps]
@@ -175,7 +176,8 @@ async def _retry(args: argparse.Namespace, target: Target) -> Output:
     else:
         await Operator(target.database()).retry(args.id)
         reply = _action(args.id, "retry", [args.id])
-    return Output(reply, f"retry recorded for {args.id}: it resumes from its failed step")
+    return Output(reply, f"retry recorded for {args.id}: it resumes from its failed step "
+                  "(a parked one runs again with the code deployed now)")
 
 
 def _action(workflow_id: str, action: str, ids: list[str]) -> ActionReply:

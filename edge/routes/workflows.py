@@ -66,9 +66,10 @@ class Workflows:
                   {200: ("the workflow", WorkflowReply), 404: WORKFLOW_MISSING},
                   id_schema=ANY_ID),
             Route("POST", "/workflows/{id}/retry", self.retry,
-                  "Resume a failed workflow from its failed step",
+                  "Resume a failed workflow from its failed step, or run a parked one "
+                  "again with the code deployed now",
                   {202: ("retry recorded", ActionReply), 404: WORKFLOW_MISSING,
-                   409: ("the workflow is not failed", ErrorReply), 503: BUSY},
+                   409: ("the workflow is neither failed nor parked", ErrorReply), 503: BUSY},
                   command="retry", id_schema=ANY_ID),
             Route("POST", "/workflows/{id}/cancel", self.cancel,
                   "Cancel a workflow and its children at their next step",
@@ -188,6 +189,7 @@ def _summary(row: WorkflowRow) -> WorkflowSummary:
         idempotency_key=row.idempotency_key, trace_id=parse_trace_ref(row.trace_id)[0],
         created_at=row.created_at, updated_at=row.updated_at, pruned_at=row.pruned_at,
         forked_from=row.forked_from, forked_at_seq=row.forked_at_seq,
+        app_version=row.app_version, parked=row.parked,
     )
 
 
@@ -196,6 +198,7 @@ def _step(step: StepRecord) -> StepReply:
         seq=step.seq, name=step.name, kind=step.kind, status=step.status, attempt=step.attempt,
         started_at=step.started_at, finished_at=step.finished_at, fire_at=step.fire_at,
         output=redact(step.output), error=step.error, history=step.history,
+        app_version=step.app_version,
     )
 
 
