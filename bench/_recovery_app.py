@@ -27,6 +27,8 @@ import msgspec
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
+from .common import run_options
+
 WORKFLOW = "recovery_shape"
 BEFORE = ("a", "b", "c")
 AFTER = ("d",)
@@ -128,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
     if args.mode == "load":
-        anyio.run(load, args.dsn, args.workflows, args.sleep, args.concurrency)
+        anyio.run(load, args.dsn, args.workflows, args.sleep, args.concurrency, **run_options())
     else:
-        anyio.run(recover, args.dsn)
+        anyio.run(recover, args.dsn, **run_options())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,13 @@ from journal import EmbeddedPostgres
 
 from .databases import fresh_database
 
-__all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine"]
+__all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine", "save",
+           "event_loop", "run_options"]
 
 BENCH_DATA_DIR = os.environ.get("RETINUE_BENCH_DATA_DIR", ".retinue/bench-pg")
+# Where `emit` also files each result (`make bench` sets it to bench/results); unset,
+# a result is only printed.
+RESULTS_DIR_ENV = "RETINUE_BENCH_RESULTS"
 
 
 async def bench_server_dsn() -> str:
@@ -40,6 +45,25 @@ async def bench_database(label: str) -> AsyncIterator[str]:
         yield dsn
 
 
+def event_loop() -> str:
+    """The loop the runtime picks ("asyncio" on a revision from before the choice, so
+    that these benchmarks also run against older revisions: `python -m bench.ab`)."""
+    try:
+        from runtime.eventloop import event_loop as chosen
+    except ImportError:
+        return "asyncio"
+    return chosen()
+
+
+def run_options() -> dict[str, Any]:
+    """`anyio.run` keyword arguments for the loop the runtime picks."""
+    try:
+        from runtime.eventloop import run_options as chosen
+    except ImportError:
+        return {}
+    return chosen()
+
+
 def percentile(samples: list[float], q: float) -> float:
     """The q-th percentile (0..100) of `samples`, nearest-rank; 0 for none."""
     if not samples:
@@ -50,12 +74,38 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
+    """The facts a figure depends on: cores, CPU model, memory, how loaded the machine
+    was when the benchmark began (the 1-minute load average: above the core count,
+    something else shared the cores), Python and the event loop."""
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _memory_gib(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "revision": revision(),
+        "dirty": revision().endswith("+dirty"),
+        "event_loop": event_loop(),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+    return round(pages * size / 2**30, 1)
 
 
 def revision() -> str:
@@ -76,6 +126,33 @@ def revision() -> str:
 
 
 def emit(result: dict[str, Any]) -> None:
-    """Print one JSON line: the benchmark's whole output."""
+    """Print one JSON line: the benchmark's whole output; with RETINUE_BENCH_RESULTS
+    set, also file it there (`save`)."""
+    folder = os.environ.get(RESULTS_DIR_ENV)
+    if folder and "bench" in result:
+        result = save(result, Path(folder))
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     sys.stdout.flush()
+
+
+def save(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Write `result` to folder/<bench>-<UTC time>-<revision>.json, stamped with when
+    it was measured and the command that reproduces it; returns the stamped result.
+    `python -m bench.report` reads the newest file of each benchmark."""
+    now = datetime.now(UTC)
+    rev = result.get("machine", {}).get("revision") or revision()
+    stamped = {
+        **result,
+        "measured_at": now.isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join([result["bench"], *_arguments()]),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{result['bench']}-{now:%Y%m%dT%H%M%SZ}-{rev.replace('+', '-')}.json"
+    (folder / name).write_bytes(msgspec.json.format(msgspec.json.encode(stamped)) + b"\n")
+    return stamped
+
+
+def _arguments() -> list[str]:
+    """This process's benchmark arguments (after `-m bench <name>`)."""
+    args = sys.argv[1:]
+    return args[1:] if args and not args[0].startswith("-") else args

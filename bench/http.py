@@ -15,6 +15,7 @@ import argparse
 import os
 import resource
 import shutil
+import sys
 import time
 import uuid
 from collections import Counter
@@ -23,10 +24,11 @@ from typing import Any
 
 import aiohttp
 import anyio
+import asyncpg
 import msgspec
 import psutil
 
-from .common import bench_database, emit, machine, percentile
+from .common import bench_database, emit, machine, percentile, run_options
 from .processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +130,8 @@ end
 
 
 async def _wrk(
-    base: str, server: psutil.Process, seconds: int, concurrency: int, label: str
+    base: str, server: psutil.Process, seconds: int, concurrency: int, label: str,
+    committed: Transactions,
 ) -> dict[str, Any]:
     """The same invites from wrk (one thread, `concurrency` connections, distinct
     emails from a Lua counter); statuses from the server's own metrics."""
@@ -136,13 +139,15 @@ async def _wrk(
     script.write_text(_WRK_SCRIPT % {"label": label})
     async with aiohttp.ClientSession() as session:
         before = await _statuses(session, base)
-        server_cpu = _cpu_seconds(server)
+        server_cpu, wrk_cpu = _cpu_seconds(server), _children_cpu_seconds()
         done = await anyio.run_process(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
              "-s", str(script), f"{base}/customers/invite"], check=True)
         server_cpu = _cpu_seconds(server) - server_cpu
+        wrk_cpu = _children_cpu_seconds() - wrk_cpu
         statuses = await _statuses(session, base) - before
         drained = await _drain(session, base)
+    statements = await committed.since_last()
     line = next(x for x in done.stdout.decode().splitlines() if x.startswith("WRK "))
     got = msgspec.json.decode(line[4:])
     requests = max(got["requests"], 1)
@@ -159,8 +164,16 @@ async def _wrk(
         "server_statuses": dict(sorted(statuses.items())),
         "socket_errors": got["socket_errors"],
         "server_cpu_ms_per_request": round(server_cpu * 1000 / requests, 3),
+        "client_cpu_ms_per_request": round(wrk_cpu * 1000 / requests, 3),
+        "sql_transactions_per_request": round(statements / requests, 2),
         "seconds_to_drain_children": round(drained, 3),
     }
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of this process's finished children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -173,17 +186,53 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class Transactions:
+    """Transactions committed in the bench database (pg_stat_database.xact_commit):
+    each journal read and each group commit is one, so the count over a run divided
+    by its invites is the SQL statements per invite. A backend reports its counts
+    when idle, but at most once a second, else up to 10 s later (PostgreSQL's
+    PGSTAT_IDLE_INTERVAL): `since_last` waits that out before it reads."""
+
+    SETTLE = 11.0
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._last: int | None = None
+
+    async def since_last(self) -> int:
+        """Committed since the previous call (0 on the first, which waits not)."""
+        if self._last is not None:
+            await anyio.sleep(self.SETTLE)
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            value = int(await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+        finally:
+            await conn.close()
+        delta, self._last = value - (self._last if self._last is not None else value), value
+        return delta
+
+
 async def _measure(
-    base: str, server: psutil.Process, invites: int, concurrency: int, label: str
+    base: str, server: psutil.Process, invites: int, concurrency: int, label: str,
+    committed: Transactions,
 ) -> dict[str, Any]:
     emails = [f"bench-{label}-{i}@example.com" for i in range(invites)]
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
+    # The server's CPU while idle (heartbeats, lease renewals, sampling), per second:
+    # on shared cores a run takes longer, and this background would bill its invites.
+    idle_began, idle_cpu = time.perf_counter(), _cpu_seconds(server)
+    await anyio.sleep(1.2)
+    idle_rate = (_cpu_seconds(server) - idle_cpu) / (time.perf_counter() - idle_began)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
         elapsed, latencies, statuses = await send_invites(session, base, emails, concurrency)
         server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
         drained = await _drain(session, base)
+    # The server's own background (heartbeats, lease renewals: a few a second) and
+    # the drain's listing calls count too; small next to thousands of invites.
+    statements = await committed.since_last() / invites
     return {
         "client": "aiohttp",
         "concurrency": concurrency,
@@ -195,7 +244,11 @@ async def _measure(
         "max_ms": round(max(latencies, default=0.0) * 1000, 2),
         "statuses": dict(sorted(statuses.items())),
         "server_cpu_ms_per_request": round(server_cpu * 1000 / invites, 3),
+        "server_cpu_ms_per_request_less_idle": round(
+            (server_cpu - idle_rate * elapsed) * 1000 / invites, 3),
+        "server_idle_cpu_ms_per_s": round(idle_rate * 1000, 2),
         "client_cpu_ms_per_request": round(client_cpu * 1000 / invites, 3),
+        "sql_transactions_per_request": round(statements, 2),
         "seconds_to_drain_children": round(drained, 3),
     }
 
@@ -220,16 +273,21 @@ async def run(
             ready = time.perf_counter() - began
             base = server.url
             process = psutil.Process(server.pid)
-            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup")
-            for concurrency in concurrencies:
+            committed = Transactions(dsn)
+            await committed.since_last()
+            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", committed)
+            # Each level its own emails (a level repeated must not re-invite customers).
+            for level, concurrency in enumerate(concurrencies):
                 count = invites if concurrency > 1 else min(invites, 500)
-                results.append(
-                    await _measure(base, process, count, concurrency, f"{run_id}-c{concurrency}")
-                )
+                results.append(await _measure(base, process, count, concurrency,
+                                              f"{run_id}-{level}c{concurrency}", committed))
+            if wrk_seconds and not shutil.which("wrk"):
+                sys.stderr.write("bench http: wrk is not installed (apt-get install wrk, or "
+                                 "`make wrk`): only the Python client ran\n")
             if wrk_seconds and shutil.which("wrk"):
-                for concurrency in concurrencies:
+                for level, concurrency in enumerate(concurrencies):
                     results.append(await _wrk(base, process, wrk_seconds, concurrency,
-                                              f"{run_id}-wrk{concurrency}"))
+                                              f"{run_id}-{level}wrk{concurrency}", committed))
             rss = process.memory_info().rss
         finally:
             exit_code, stop_seconds = await stop_server(server)
@@ -243,6 +301,7 @@ async def run(
         "server_exit_code": exit_code,
         "server_stop_seconds": stop_seconds,
         "clients": "aiohttp in the bench process; wrk (one thread) with --wrk; same machine",
+        "wrk": shutil.which("wrk") is not None,
         "machine": machine(),
     }
 
@@ -261,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     profile = str(Path(args.server_profile).resolve()) if args.server_profile else None
     emit(anyio.run(run, args.invites, args.concurrency, args.resolve_timeout, profile,
-                   args.wrk))
+                   args.wrk, **run_options()))
 
 
 if __name__ == "__main__":

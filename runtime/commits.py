@@ -18,6 +18,7 @@ from journal import (
     JournalUnavailableError,
     NewWorkflow,
     StaleRunError,
+    WorkflowRow,
 )
 
 from .actor import Actor, Run
@@ -38,6 +39,17 @@ _T = TypeVar("_T")
 # The actor whose message is being handled, in its task: its writes carry the
 # epoch it was started under, never a newer one its partition got since.
 _current_actor: ContextVar[Actor] = ContextVar("retinue_current_actor")
+
+
+def new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
+    """The row of a workflow this runtime has just written, without reading it back."""
+    return WorkflowRow(
+        id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
+        status="pending", input=new.input, idempotency_key=new.idempotency_key,
+        request_hash=new.request_hash, parent_id=new.parent_id, trace_id=new.trace_id,
+        app_version=new.app_version,
+        created_at=now, updated_at=now,
+    )
 
 
 class Committer(RunHost):
@@ -198,10 +210,13 @@ class Committer(RunHost):
 
     def child_started(self, child: NewWorkflow) -> None:
         self._metrics.workflows_started.labels(child.name).inc()
-        # Queued without its row: the child reads its own history when it runs. A
-        # parent replayed from a stale view could start it again (the insert is a
-        # no-op then), and the child must not believe it has never run.
-        self._placement.deliver(child.actor_key, Run(workflow_id=child.id))
+        # Queued with the row just committed, no history: no reads to start it (two
+        # per invite). A parent replayed from a stale view could start it again (the
+        # insert is a no-op then) after it ran; the run fence covers that: its first
+        # commit claims the run from None, which the journal refuses once any run
+        # has held it (or it finished), and the refused run reloads its history.
+        self._placement.deliver(child.actor_key,
+                                Run(workflow_id=child.id, row=new_row(child, self.clock.now())))
 
     def timer_set(self, workflow_id: str, actor_key: str, fire_at: datetime) -> None:
         self._timers.set(workflow_id, actor_key, fire_at)

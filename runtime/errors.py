@@ -103,7 +103,8 @@ class UnknownWorkflowTypeError(RetinueError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(
             f"no workflow named {name!r} is registered (known: {', '.join(sorted(known))}); "
-            "register it with Runtime.register before starting it"
+            "register it with Runtime.register before the runtime opens (recovery may "
+            "need it at once)"
         )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
 
@@ -43,7 +42,7 @@ from .actor import Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import ClusterSettings, LeaseManager, News, default_node_id, parse_wake
 from .codec import to_json_value
-from .commits import Committer
+from .commits import Committer, new_row
 from .errors import OverloadedError, UnknownWorkflowTypeError
 from .execution import Executor, WorkflowFn
 from .metrics import RuntimeMetrics
@@ -70,16 +69,6 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     timers: int
     waiters: int
     ready: bool
-
-
-def _new_row(new: NewWorkflow, now: datetime) -> WorkflowRow:
-    """The row of a workflow this runtime has just written, without reading it back."""
-    return WorkflowRow(
-        id=new.id, name=new.name, actor_key=new.actor_key, partition=new.partition,
-        status="pending", input=new.input, idempotency_key=new.idempotency_key,
-        request_hash=new.request_hash, parent_id=new.parent_id, trace_id=new.trace_id,
-        app_version=new.app_version, created_at=now, updated_at=now,
-    )
 
 
 class _LocalRouter:
@@ -333,7 +322,7 @@ class Runtime:
             if row is None:
                 raise
             return row, True
-        return _new_row(new, self.clock.now()), True
+        return new_row(new, self.clock.now()), True
 
     def _check_open(self) -> None:
         if not self._committer.accepting:

@@ -377,7 +377,7 @@ async def test_a_parked_workflow_shows_its_mismatch_side_by_side(pg_dsn: str) ->
     mismatch = {"seq": 2, "expected": "step verify.audit",
                 "found": "patch verification-reminder", "found_version": "b-version",
                 "running_version": "c-version"}
-    async with serving(pg_dsn, api_token=TOKEN) as served:
+    async with serving(pg_dsn, api_token=API_TOKEN, operator_token=TOKEN) as served:
         workflow = NewWorkflow(id="parked-1", name="invite_customer", actor_key="customer:x",
                                partition=3, app_version="b-version")
         await served.journal.create_workflow(workflow)
@@ -393,8 +393,9 @@ async def test_a_parked_workflow_shows_its_mismatch_side_by_side(pg_dsn: str) ->
                                                        args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                problems = _watch_console(page, set())
-                await _sign_in(page, url)
+                expected: set[int] = set()
+                problems = _watch_console(page, expected)
+                await _sign_in(page, url, expected)
                 await page.locator('.tab[data-status="parked"]').click()
                 row = page.locator('#workflow-table tr[data-id="parked-1"]')
                 await row.wait_for()

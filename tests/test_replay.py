@@ -15,6 +15,7 @@ from runtime import (
     SYSTEM_CLOCK,
     NonRetryableError,
     WorkflowContext,
+    app_version,
     export_history,
     load_history,
     partition_of,
@@ -94,7 +95,8 @@ async def test_todays_code_replays_its_own_histories_cleanly(journal: Journal) -
     assert (by_id[ids["pay"]].seq, by_id[ids["pay"]].detail) == (
         None, "replays cleanly to its end (3 steps)")
     assert by_id[ids["broken"]].status == "failed" and by_id[ids["broken"]].ok
-    assert all(r.version is None for r in report.results)
+    # Each names the version its history was written under (the code is the same).
+    assert {r.version for r in report.results} == {app_version(_workflows(effects))}
     assert len(effects.calls) == calls  # no step ran
     assert await _journal_state(journal) == before  # nothing written
 
@@ -167,7 +169,7 @@ async def test_code_that_awaits_outside_its_steps_is_reported_not_waited_for(
 async def test_the_replay_host_refuses_every_write() -> None:
     from runtime.replay import _ReplayHost, _Stop
 
-    host = _ReplayHost(MemoryJournal(), SYSTEM_CLOCK)
+    host = _ReplayHost(MemoryJournal(), SYSTEM_CLOCK, "v1")
     with pytest.raises(_Stop):
         await host.commit(Batch(partition=0, epoch=None))
     with pytest.raises(_Stop):
