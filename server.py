@@ -7,7 +7,8 @@ onboarding app and the HTTP edge (the `edge` package), serve until asked to stop
     python server.py [serve] [--host 127.0.0.1] [--port 8080] [--data-dir ./.retinue/pg]
                              [--api-token T] [--operator-token T] [--allowed-hosts H,H]
     python server.py COMMAND ...     an operator command (edge/cli): workflows,
-                                     dead-letters, nodes, rebuild-projections
+                                     dead-letters, nodes, rebuild-projections,
+                                     replay-check, prune
 
 Once it listens it prints `retinue listening on <url>` and then one JSON line,
 `{"event": "listening", "url": "http://127.0.0.1:PORT", "node": "<node id>"}`, to
