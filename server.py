@@ -7,7 +7,8 @@ onboarding app and the HTTP edge (the `edge` package), serve until asked to stop
     python server.py [serve] [--host 127.0.0.1] [--port 8080] [--data-dir ./.retinue/pg]
                              [--api-token T] [--operator-token T] [--allowed-hosts H,H]
     python server.py COMMAND ...     an operator command (edge/cli): workflows,
-                                     dead-letters, nodes, rebuild-projections
+                                     dead-letters, nodes, rebuild-projections,
+                                     replay-check, prune
 
 Once it listens it prints `retinue listening on <url>` and then one JSON line,
 `{"event": "listening", "url": "http://127.0.0.1:PORT", "node": "<node id>"}`, to
@@ -31,13 +32,12 @@ GET / is the dashboard: static files (static/) over the JSON API below it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -46,14 +46,16 @@ import anyio.abc
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding
+from actors import DEFAULT_VERIFICATION_TTL, Communicator
 from edge import (
     ExposureError,
     Tokens,
     WebhookCommunicator,
     check_exposure,
     create_app,
+    load_workflows,
     open_server,
+    register_workflows,
 )
 from edge.cli import main as operator_main
 from edge.cli import wants_cli
@@ -95,30 +97,6 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     workflows: str | None = None
 
 
-OnboardingFactory = Callable[..., Onboarding]
-
-
-def load_workflows(spec: str | None) -> OnboardingFactory:
-    """The Onboarding factory `spec` ("module:attr") names; Onboarding for None.
-    Raises ValueError with what to fix."""
-    if not spec:
-        return Onboarding
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not module:attr "
-                         "(e.g. tests.deploy_versions:VersionA)")
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"RETINUE_WORKFLOWS={spec!r}: {exc}; name an importable module "
-                         "and an attribute of it") from exc
-    if not callable(found):
-        raise ValueError(f"RETINUE_WORKFLOWS={spec!r} is not callable: name an Onboarding "
-                         "subclass or a factory with its keyword arguments")
-    factory: OnboardingFactory = found
-    return factory
-
-
 async def run_server(
     config: ServerConfig,
     *,
@@ -140,11 +118,11 @@ async def run_server(
         if config.webhook_url:
             communicator = await stack.enter_async_context(WebhookCommunicator(config.webhook_url))
         runtime = Runtime(journal, registry=CollectorRegistry(), retention=config.retention)
-        onboarding = load_workflows(config.workflows)(
-            communicator=communicator,
+        # The one place the served code is chosen: `retinue replay-check` uses it too.
+        onboarding = register_workflows(
+            runtime, workflows=config.workflows, communicator=communicator,
             verification_ttl=timedelta(seconds=config.verification_ttl),
         )
-        onboarding.register(runtime)
         tracer = otlp_exporter_from_env(journal, os.environ)
         if tracer is not None:
             runtime.add_finish_listener(tracer.workflow_finished)

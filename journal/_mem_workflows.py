@@ -179,6 +179,8 @@ class MemoryWorkflows(MemoryState, Workflows):
             original = self._require(workflow_id)
             if original.status not in FORKABLE_STATUSES:
                 raise InvalidTransitionError(workflow_id, original.status, "fork")
+            if original.pruned_at is not None and from_seq != 1:
+                raise InvalidForkError(workflow_id, from_seq, 0, pruned_at=original.pruned_at)
             steps = self._steps.get(workflow_id, {})
             last = max(steps, default=0)
             if not 1 <= from_seq <= last + 1:

@@ -120,6 +120,9 @@ _RETRY_WORKFLOW: Final = (
 _BY_IDEMPOTENCY_KEY: Final = (
     "SELECT" + WORKFLOW_COLUMNS + "FROM workflows WHERE idempotency_key = $1"
 )
+# A pruned workflow is still finished, so it may be forked, but its steps are
+# gone: only from seq 1 (a fork from later would silently run them all again).
+_LOCK_FOR_FORK: Final = "SELECT status, pruned_at FROM workflows WHERE id = $1 FOR UPDATE"
 _LAST_SEQ: Final = "SELECT coalesce(max(seq), 0) FROM steps WHERE workflow_id = $1"
 # ON CONFLICT: a concurrent fork with the same idempotency key won (its row is
 # read after); the id is fresh, so it cannot collide.
@@ -271,9 +274,13 @@ class PostgresWorkflows(PostgresBase, Workflows):
             existing = await _by_key_txn(conn, idempotency_key)
             if existing is not None:
                 return existing, False
-            status = await _lock_status_txn(conn, workflow_id)
-            if status not in FORKABLE_STATUSES:
-                raise InvalidTransitionError(workflow_id, status, "fork")
+            original = await conn.fetchrow(_LOCK_FOR_FORK, workflow_id)
+            if original is None:
+                raise WorkflowNotFoundError(workflow_id)
+            if original["status"] not in FORKABLE_STATUSES:
+                raise InvalidTransitionError(workflow_id, original["status"], "fork")
+            if original["pruned_at"] is not None and from_seq != 1:
+                raise InvalidForkError(workflow_id, from_seq, 0, pruned_at=original["pruned_at"])
             last = int(await conn.fetchval(_LAST_SEQ, workflow_id))
             if not 1 <= from_seq <= last + 1:
                 raise InvalidForkError(workflow_id, from_seq, last)

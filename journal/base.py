@@ -245,7 +245,9 @@ class Workflows(Protocol):
         already used, that workflow with created=False, and nothing is written.
         Raises WorkflowNotFoundError; InvalidTransitionError unless the original
         is finished or parked (FORKABLE_STATUSES); InvalidForkError unless
-        1 <= from_seq <= its last seq + 1."""
+        1 <= from_seq <= its last seq + 1, and unless from_seq is 1 when the
+        original was pruned (its steps are gone: a fork runs it again from the
+        start, or not at all)."""
 
     @abc.abstractmethod
     async def forks(self, workflow_id: str) -> list[WorkflowRow]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "JournalError",
     "JournalUnavailableError",
@@ -82,10 +84,20 @@ class InvalidTransitionError(JournalError):
 class InvalidForkError(JournalError):
     """A fork asked for a seq the original cannot be forked at."""
 
-    def __init__(self, workflow_id: str, from_seq: int, last_seq: int) -> None:
+    def __init__(self, workflow_id: str, from_seq: int, last_seq: int, *,
+                 pruned_at: datetime | None = None) -> None:
         self.workflow_id = workflow_id
         self.from_seq = from_seq
         self.last_seq = last_seq
+        self.pruned_at = pruned_at
+        if pruned_at is not None:
+            super().__init__(
+                f"cannot fork workflow {workflow_id!r} from seq {from_seq}: it was pruned on "
+                f"{pruned_at.isoformat(timespec='seconds')} (its steps are gone after the "
+                "retention period), so only from seq 1 is possible: the fork runs it again "
+                "from the start"
+            )
+            return
         super().__init__(
             f"cannot fork workflow {workflow_id!r} from seq {from_seq}: choose a seq from 1 "
             f"to {last_seq + 1} (its last step is seq {last_seq}; steps before the seq are "

@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from journal import (
+    InvalidForkError,
     InvalidTransitionError,
     Journal,
     MemoryJournal,
@@ -173,6 +174,24 @@ async def test_a_pruned_workflow_can_be_neither_retried_nor_cancelled(journal: J
     with pytest.raises(InvalidTransitionError, match="pruned"):
         await journal.request_cancel("wf-1")
     assert (await _row(journal, "wf-1")).status == "failed"
+
+
+async def test_a_pruned_workflow_forks_from_seq_one_only(journal: Journal) -> None:
+    # Its steps are gone: a fork from a later seq would silently run them again.
+    done = await _finish(journal, "wf-1")
+    assert [s.seq for s in await journal.load_steps("wf-1")] == [1]  # seq 2 was forkable
+    await journal.prune_finished(done.updated_at + _TICK)
+    pruned = await _row(journal, "wf-1")
+
+    with pytest.raises(InvalidForkError, match=r"pruned on .*only from seq 1") as refused:
+        await journal.fork_workflow("wf-1", 2, "fork-1")
+    assert refused.value.pruned_at == pruned.pruned_at
+    assert await journal.get_workflow("fork-1") is None and await journal.forks("wf-1") == []
+
+    fork, created = await journal.fork_workflow("wf-1", 1, "fork-2")  # again from the start
+    assert created and (fork.status, fork.forked_from, fork.forked_at_seq) == (
+        "pending", "wf-1", 1)
+    assert await journal.load_steps("fork-2") == []
 
 
 async def test_a_limit_below_one_is_refused(journal: Journal) -> None:

@@ -102,8 +102,8 @@ async def retinue(*argv: str, database: str, env: dict[str, str] | None = None
     return code, out.getvalue()
 
 
-async def retinue_json(*argv: str, database: str) -> Any:
-    code, out = await retinue(*argv, "--json", database=database)
+async def retinue_json(*argv: str, database: str, env: dict[str, str] | None = None) -> Any:
+    code, out = await retinue(*argv, "--json", database=database, env=env)
     assert code == 0, out
     return json.loads(out)
 
@@ -264,6 +264,146 @@ async def test_dead_letters_list_and_redeliver_reach_the_running_server(
                           database=database))[0] == 1
 
 
+# -- fork, export and replay-check ---------------------------------------------------------
+
+
+async def _completed_child(server: ServerProcess, journal: PostgresJournal, email: str) -> str:
+    child = await child_of(journal, await invite(server, email))
+    await status_becomes(journal, child, "completed")
+    return child
+
+
+async def test_fork_starts_a_finished_workflow_again_on_the_running_server(
+    server: ServerProcess, journal: PostgresJournal, database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    child = await _completed_child(server, journal, "fork@example.com")
+    last = max(s.seq for s in await journal.load_steps(child))
+
+    code, text = await retinue("workflows", "fork", child, "--from-seq", str(last),
+                               database=database)
+    assert code == 0 and f"forked {child} from seq {last}" in text
+    forked = text.splitlines()[0]  # the new workflow's id, first
+    row = await journal.get_workflow(forked)
+    assert row is not None and (row.forked_from, row.forked_at_seq) == (child, last)
+    assert [s.seq for s in await journal.load_steps(forked)][: last - 1] == list(range(1, last))
+    await status_becomes(journal, forked, "completed")  # the server was woken and ran it
+
+    reply = await retinue_json("workflows", "fork", child, "--from-seq", "1", "--url",
+                               server.url, database=database)
+    assert (reply["forked_from"], reply["from_seq"]) == (child, 1)
+    assert reply["status_url"] == f"/workflows/{reply['workflow_id']}"
+    await status_becomes(journal, reply["workflow_id"], "completed")
+
+
+async def test_fork_refusals_exit_1_on_both_targets(
+    server: ServerProcess, journal: PostgresJournal, database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    waiting = await invite(server, "fork-refused@example.com")
+    child = await child_of(journal, waiting)
+    await status_becomes(journal, waiting, "waiting")
+    await status_becomes(journal, child, "completed")
+    last = max(s.seq for s in await journal.load_steps(child))
+    capsys.readouterr()
+    for target in ([], ["--url", server.url]):
+        fork = ("workflows", "fork")
+        assert (await retinue(*fork, waiting, "--from-seq", "1", *target,
+                              database=database))[0] == 1
+        assert "cancel it first" in capsys.readouterr().err
+        assert (await retinue(*fork, child, "--from-seq", str(last + 2), *target,
+                              database=database))[0] == 1
+        assert f"choose a seq from 1 to {last + 1}" in capsys.readouterr().err
+        assert (await retinue(*fork, str(uuid.uuid4()), "--from-seq", "1", *target,
+                              database=database))[0] == 1
+        refusal = "404: no workflow with id" if target else "no such workflow"
+        assert refusal in capsys.readouterr().err
+    assert await journal.forks(child) == [] and await journal.forks(waiting) == []
+
+
+async def test_export_writes_a_history_on_both_targets(
+    server: ServerProcess, journal: PostgresJournal, database: str, tmp_path: Path
+) -> None:
+    invite_id = await invite(server, "export@example.com")
+    child = await child_of(journal, invite_id)
+    await status_becomes(journal, child, "completed")
+
+    exported = await retinue_json("workflows", "export", child, database=database)
+    assert exported["format"] == "retinue.history/1" and exported["workflow"]["id"] == child
+    assert [s["seq"] for s in exported["steps"]] == [
+        s.seq for s in await journal.load_steps(child)]
+    assert exported["workflow"]["input"]["token"] == "<redacted>"  # the invitation's secret
+    assert await retinue_json("workflows", "export", child, "--url", server.url,
+                              database=database) == exported
+
+    code, text = await retinue("workflows", "export", child, database=database)
+    assert code == 0 and json.loads(text) == exported  # text is the JSON too
+    file = tmp_path / "history.json"
+    code, text = await retinue("workflows", "export", child, "--url", server.url, "-o",
+                               str(file), database=database)
+    assert code == 0 and f"to {file}" in text and json.loads(file.read_text()) == exported
+    written = await retinue_json("workflows", "export", child, "-o", str(file),
+                                 database=database)
+    assert written["steps"] == len(exported["steps"]) and written["file"] == str(file)
+
+    missing = str(uuid.uuid4())
+    for target in ([], ["--url", server.url]):
+        assert (await retinue("workflows", "export", missing, *target,
+                              database=database))[0] == 1
+    assert (await retinue("workflows", "export", child, "-o", str(tmp_path / "no" / "f"),
+                          database=database))[0] == 1
+
+
+async def test_replay_check_passes_the_served_code_and_names_what_other_code_breaks(
+    server: ServerProcess, journal: PostgresJournal, database: str
+) -> None:
+    waiting = await invite(server, "replay@example.com")
+    await status_becomes(journal, waiting, "waiting")
+    await status_becomes(journal, await child_of(journal, waiting), "completed")
+
+    code, text = await retinue("replay-check", "--workflow", "invite_customer",
+                               "--finished", "20", database=database)
+    assert code == 0 and text.rstrip().endswith("ok: this code replays them all"), text
+    report = await retinue_json("replay-check", "--id", waiting, database=database)
+    assert report["ok"] and [r["outcome"] for r in report["results"]] == ["replays"]
+    version = report["results"][0]["version"]
+    assert version  # the version the workflow was started under
+
+    # The code of the next deploy, chosen as the server would choose it: a step
+    # inserted before the wait, with no patch.
+    next_code = {"RETINUE_WORKFLOWS": "tests.deploy_versions:VersionC"}
+    code, text = await retinue("replay-check", "--id", waiting, database=database,
+                               env=next_code)
+    [line, summary] = text.splitlines()
+    assert code == 1, text
+    assert line.startswith(f"MISMATCH {waiting} invite_customer version={version} seq=")
+    assert "the code asks for 'step verify.audit', the journal holds" in line
+    assert summary.endswith("1 would not replay: deploying this code parks them")
+    code, text = await retinue("replay-check", "--id", waiting, "--json", database=database,
+                               env=next_code)
+    [result] = json.loads(text)["results"]
+    assert code == 1 and (result["workflow_id"], result["outcome"], result["ok"]) == (
+        waiting, "mismatch", False)
+    assert result["expected"] == "step verify.audit" and result["found"]
+    assert (await retinue("replay-check", database=database,
+                          env={"RETINUE_WORKFLOWS": "tests.nowhere:Nothing"}))[0] == 2
+
+
+async def test_replay_check_names_unknown_workflows_and_missing_ids(
+    journal: PostgresJournal, database: str
+) -> None:
+    poisoned = await _poison(journal)
+    missing = str(uuid.uuid4())
+    code, text = await retinue("replay-check", "--id", poisoned, "--id", missing,
+                               database=database)
+    assert code == 1
+    assert f"UNKNOWN {poisoned} no_such_workflow version=- seq=-: no workflow named" in text
+    assert f"MISSING {missing} - version=- seq=-: no workflow has this id" in text
+    bad = await retinue("replay-check", database=database,
+                        env={"RETINUE_VERIFICATION_TTL": "soon"})
+    assert bad[0] == 2
+
+
 # -- the cluster and the projections ------------------------------------------------------
 
 
@@ -288,6 +428,44 @@ async def test_rebuild_projections_while_the_server_runs(
     assert {d.id: d.data for d in await journal.list_documents("customer")} == before
     code, text = await retinue("rebuild-projections", database=database)
     assert code == 0 and text.startswith("rebuilt from the event log: ")
+
+
+async def test_prune_removes_finished_workflows_steps_and_frees_expired_keys(
+    server: ServerProcess, journal: PostgresJournal, database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # After the tests that read finished workflows' steps: this prunes them all.
+    waiting = await invite(server, "prune@example.com")
+    child = await child_of(journal, waiting)
+    await status_becomes(journal, child, "completed")
+    async with aiohttp.ClientSession(server.url) as session:
+        async with session.post("/customers/invite", json={"email": "prune-key@example.com"},
+                                headers={"Idempotency-Key": f"prune-{uuid.uuid4()}"}) as reply:
+            keyed = str((await reply.json())["workflow_id"])
+    assert (await journal.get_workflow(keyed)).idempotency_key  # type: ignore[union-attr]
+    assert await journal.load_steps(child)
+
+    code, text = await retinue("prune", "--older-than", "7d", database=database)
+    assert code == 0 and "pruned 0 workflow(s)" in text and "expired 0 idempotency key" in text
+    reply = await retinue_json("prune", "--older-than", "0s", database=database,
+                               env={"RETINUE_IDEMPOTENCY_TTL": "0.001"})
+    assert reply["workflows_pruned"] >= 1 and reply["idempotency_keys_expired"] >= 1
+    pruned = await journal.get_workflow(child)
+    assert pruned is not None and pruned.pruned_at is not None
+    assert await journal.load_steps(child) == []
+    assert (await journal.get_workflow(keyed)).idempotency_key is None  # type: ignore[union-attr]
+    unpruned = await journal.get_workflow(waiting)
+    assert unpruned is not None and unpruned.pruned_at is None  # waiting: kept whole
+    assert await journal.load_steps(waiting)
+
+    # Its steps are gone: a fork from a later seq is refused on both targets, naming it.
+    capsys.readouterr()
+    for target in ([], ["--url", server.url]):
+        assert (await retinue("workflows", "fork", child, "--from-seq", "2", *target,
+                              database=database))[0] == 1
+        assert "pruned on" in capsys.readouterr().err
+    assert (await retinue("prune", "--older-than", "1d", database=database,
+                          env={"RETINUE_IDEMPOTENCY_TTL": "-1"}))[0] == 2
 
 
 # -- exit codes and help ------------------------------------------------------------------
@@ -315,6 +493,12 @@ async def test_an_unknown_id_or_a_refusal_exits_1(
     ["workflows", "list", "--status", "sleeping"],
     ["workflows", "list", "--since", "yesterday"],
     ["dead-letters", "redeliver", "twelve"],
+    ["workflows", "fork", "0b6f"],
+    ["workflows", "fork", "0b6f", "--from-seq", "0"],
+    ["replay-check", "--finished", "-1"],
+    ["replay-check", "--timeout", "0"],
+    ["prune"],
+    ["prune", "--older-than", "soon"],
 ])
 async def test_bad_usage_exits_2(argv: list[str], database: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -328,10 +512,11 @@ async def test_bad_values_the_journal_sees_exit_2(
     for argv in (["--cursor", "not-a-cursor"], ["--customer", "nobody"],
                  ["--customer", "not-an-email@"], ["--actor", "a", "--customer", "b@c.io"]):
         assert (await retinue("workflows", "list", *argv, database=database))[0] == 2
-    for command in ("nodes", "rebuild-projections"):  # no route: the database only
-        assert (await retinue(command, "--url", "http://127.0.0.1:8080", database=database)
+    for command in (["nodes"], ["rebuild-projections"], ["replay-check"],
+                    ["prune", "--older-than", "1d"]):  # no route: the database only
+        assert (await retinue(*command, "--url", "http://127.0.0.1:8080", database=database)
                 )[0] == 2
-        assert f"`retinue {command}` has no HTTP route" in capsys.readouterr().err
+        assert f"`retinue {command[0]}` has no HTTP route" in capsys.readouterr().err
 
 
 async def _count(args: argparse.Namespace, target: cli.Target) -> cli.Output:
@@ -381,7 +566,8 @@ def test_every_command_has_help_with_examples_and_exit_codes(
     commands = list(_subcommands(cli.program.build_parser(cli.GROUPS, {})))
     assert {("workflows", "list"), ("workflows", "get"), ("workflows", "cancel"),
             ("workflows", "retry"), ("dead-letters", "list"), ("dead-letters", "redeliver"),
-            ("nodes",), ("rebuild-projections",)} <= set(commands)
+            ("nodes",), ("rebuild-projections",), ("workflows", "fork"),
+            ("workflows", "export"), ("replay-check",), ("prune",)} <= set(commands)
     for argv in [(), *commands]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*argv, "--help"], {})

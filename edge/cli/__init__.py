@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TextIO
 
-from . import dead_letters, nodes, projections, workflows
+from . import dead_letters, history, nodes, projections, prune, replay_check, workflows
 from .errors import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from .output import Output
 from .program import Commands, build_parser, wants_cli
@@ -28,9 +28,12 @@ __all__ = [
 
 GROUPS: Final[tuple[Callable[[Commands], None], ...]] = (
     workflows.register,
+    history.register,
     dead_letters.register,
     nodes.register,
     projections.register,
+    replay_check.register,
+    prune.register,
 )
 
 

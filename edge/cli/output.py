@@ -9,15 +9,19 @@ from typing import Any
 
 import msgspec
 
+from .errors import EXIT_OK
+
 __all__ = ["Output", "cell", "table", "took"]
 
 
 class Output(msgspec.Struct, frozen=True):
     """A command's result: `document` for --json (the same shape the HTTP API
-    answers with, where there is a route), `text` for people."""
+    answers with, where there is a route), `text` for people; `code` the exit
+    code (1 for a result that is printed but is a finding, e.g. a failed check)."""
 
     document: Any
     text: str
+    code: int = EXIT_OK
 
     def render(self, as_json: bool) -> str:
         if as_json:

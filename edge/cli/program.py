@@ -19,7 +19,7 @@ import anyio
 
 from journal import InvalidTransitionError, JournalUnavailableError, WorkflowNotFoundError
 
-from .errors import EXIT_CODES_HELP, EXIT_OK, CliError, Refused, Unreachable, UsageError
+from .errors import EXIT_CODES_HELP, CliError, Refused, Unreachable, UsageError
 from .output import Output
 from .target import Target, open_target
 
@@ -56,6 +56,12 @@ class Commands:
         self._subparsers = subparsers
         self._environ = environ
         self._groups: dict[str, Commands] = {}
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The environment the commands run in (settings a command reads, as a
+        server would: RETINUE_IDEMPOTENCY_TTL, ...)."""
+        return self._environ
 
     def group(self, name: str, help: str = "", examples: str = "") -> Commands:
         """A command with subcommands of its own (`retinue workflows list`). Asking
@@ -147,7 +153,7 @@ async def run(
         print(f"retinue: {exc}", file=sys.stderr)
         return exc.code
     print(output.render(args.json), file=out)
-    return EXIT_OK
+    return output.code
 
 
 async def _execute(args: argparse.Namespace, environ: Mapping[str, str]) -> Output:

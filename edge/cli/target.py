@@ -10,7 +10,7 @@ an operator command never creates an empty one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -40,12 +40,18 @@ class Api:
     async def get(self, path: str, reply: type[_T], params: Mapping[str, str] | None = None) -> _T:
         return await self._call("GET", path, reply, params=dict(params or {}))
 
-    async def post(self, path: str, reply: type[_T]) -> _T:
-        # An empty JSON object, declared as JSON: the edge takes only JSON bodies.
-        return await self._call("POST", path, reply, data=b"{}",
+    async def post(self, path: str, reply: type[_T], body: Any = None, *,
+                   refusals: Collection[int] = ()) -> _T:
+        """POST `body` (default: an empty object) as JSON, declared as JSON: the
+        edge takes only JSON bodies. A status in `refusals` is a refusal (exit 1)
+        even where it would be bad usage (a 422 for a value the command checked
+        against the server's state, not its form)."""
+        data = msgspec.json.encode({} if body is None else body)
+        return await self._call("POST", path, reply, refusals, data=data,
                                 headers={"Content-Type": "application/json"})
 
-    async def _call(self, method: str, path: str, reply: type[_T], **options: Any) -> _T:
+    async def _call(self, method: str, path: str, reply: type[_T],
+                    refusals: Collection[int] = (), **options: Any) -> _T:
         url = self._url + path
         try:
             async with self._session.request(method, url, **options) as answer:
@@ -55,7 +61,8 @@ class Api:
             raise Unreachable(f"cannot reach the server at {self._url}: "
                               f"{exc or type(exc).__name__}; check --url") from exc
         if status >= 300:
-            raise _http_error(method, path, status, body)
+            error = _http_error(method, path, status, body)
+            raise Refused(str(error)) if status in refusals else error
         try:
             return msgspec.json.decode(body, type=reply)
         except msgspec.DecodeError as exc:

@@ -36,7 +36,7 @@ _LIST_EXAMPLES: Final = """\
 
 
 def register(commands: Commands) -> None:
-    group = commands.group("workflows", "list, read, cancel and retry workflows",
+    group = commands.group("workflows", "list, read, cancel, retry, fork and export workflows",
                            _LIST_EXAMPLES)
     listing = group.add("list", _list, help="workflows, newest first, with filters",
                         examples=_LIST_EXAMPLES)
