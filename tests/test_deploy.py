@@ -18,6 +18,8 @@ Run with -s to see the figures.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.polling import eventually
 from bench.processes import ServerProcess
 
+ROOT = Path(__file__).resolve().parent.parent
 OLD_CUSTOMERS = 300
 NEW_CUSTOMERS = 60
 VERSION_A = "tests.deploy_versions:VersionA"
@@ -158,6 +161,18 @@ class Journal:
         return {r["app_version"] for r in rows}
 
 
+async def replay_check(dsn: str, workflows: str | None, *args: str) -> tuple[int, str]:
+    """`python server.py replay-check` (the operator's command, a real process) run
+    with the code `workflows` names (None: today's actors.Onboarding)."""
+    env = {k: v for k, v in os.environ.items() if k != "RETINUE_WORKFLOWS"}
+    env["DATABASE_URL"] = dsn
+    if workflows:
+        env["RETINUE_WORKFLOWS"] = workflows
+    done = await anyio.run_process([sys.executable, "server.py", "replay-check", *args],
+                                   env=env, cwd=ROOT, check=False)
+    return done.returncode, done.stdout.decode() + done.stderr.decode()
+
+
 async def until(what: str, check: Any, within: float = 30) -> None:
     await eventually(check, within=within, interval=0.1, what=what)
 
@@ -186,6 +201,11 @@ async def test_a_deploy_while_customers_wait(pg_dsn: str, tmp_path: Path) -> Non
         assert version_a and {s["app_version"] for s in detail["steps"]} == {version_a}
     assert await journal.versions(old_ids) == {version_a}
 
+    # Before deploying B: `retinue replay-check` with B's code passes every waiting one.
+    code, report = await replay_check(pg_dsn, None)
+    assert code == 0, report
+    assert f"{OLD_CUSTOMERS} replays" in report, report
+
     # (2) Version B: the old ones verify along the old path; new ones are reminded.
     async with deployed(pg_dsn, log, None) as api:
         tokens = await journal.tokens()
@@ -201,6 +221,14 @@ async def test_a_deploy_while_customers_wait(pg_dsn: str, tmp_path: Path) -> Non
     assert await journal.versions(new_ids) == {version_b}
     assert set((await journal.markers(old_ids)).values()) == {0}, "an old history got a marker"
     assert set((await journal.markers(new_ids)).values()) == {1}, "a new history lacks it"
+
+    # Before deploying C: the check fails and names every workflow that would park.
+    code, report = await replay_check(pg_dsn, VERSION_C)
+    assert code == 1, report
+    mismatches = [line for line in report.splitlines() if line.startswith("MISMATCH")]
+    assert sorted(line.split()[1] for line in mismatches) == sorted(new_ids), report
+    assert all("seq=6" in line and "verify.audit" in line for line in mismatches), report
+    assert (await replay_check(pg_dsn, None))[0] == 0  # B itself still replays them
 
     # (3) Version C, deployed anyway: the new ones park when they replay.
     async with deployed(pg_dsn, log, VERSION_C) as api:
@@ -232,9 +260,9 @@ async def test_a_deploy_while_customers_wait(pg_dsn: str, tmp_path: Path) -> Non
         assert (counts["parked"], counts["failed"], counts["cancelled"]) == (0, 0, 0), counts
         assert counts["pending"] + counts["running"] + counts["waiting"] == 0, counts
 
-    # -- retinue replay-check -------------------------------------------------------
-    # Reserved for the `fork` helper: assert here that `retinue replay-check` passes
-    # every history against version B, and names the parked ones against version C.
+    # And after it all, every history (the finished ones too) replays under B.
+    code, report = await replay_check(pg_dsn, None, "--finished", "1000")
+    assert code == 0, report
 
     # Nothing ran twice, nothing was lost.
     customers = set(old) | set(new)
