@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
@@ -59,6 +58,7 @@ from edge import (
 )
 from edge.cli import main as operator_main
 from edge.cli import wants_cli
+from edge.environment import env_seconds
 from journal import JournalError, open_journal
 from runtime import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -158,35 +158,14 @@ def _announce(url: str, node_id: str) -> None:
 
 
 def _env_seconds(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str, default: float
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str, default: float,
+    *, forever: bool = False,
 ) -> float:
-    raw = environ.get(name)
-    if not raw:
-        return default
+    """edge.env_seconds, with a bad value ending the program as bad usage (exit 2)."""
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and math.isfinite(value)):
-        parser.error(f"{name}={raw!r} is not a positive number of seconds")
-    return value
-
-
-def _env_duration(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str, default: float
-) -> float:
-    """Seconds, like _env_seconds, where 0 means "for ever" (keep, never expire)."""
-    raw = environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        parser.error(f"{name}={raw!r} is not a number of seconds (e.g. 604800 for 7 days; "
-                     "0 keeps for ever)")
-    return value
+        return env_seconds(environ, name, default, forever=forever)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def parse_config(
@@ -236,9 +215,10 @@ def parse_config(
                                       DEFAULT_VERIFICATION_TTL.total_seconds()),
         resolve_timeout=_env_seconds(parser, env, "RETINUE_RESOLVE_TIMEOUT", 5.0),
         retention=RetentionSettings(
-            retention=_env_duration(parser, env, "RETINUE_RETENTION", DEFAULT_RETENTION),
-            idempotency_ttl=_env_duration(parser, env, "RETINUE_IDEMPOTENCY_TTL",
-                                          DEFAULT_IDEMPOTENCY_TTL),
+            retention=_env_seconds(parser, env, "RETINUE_RETENTION", DEFAULT_RETENTION,
+                                   forever=True),
+            idempotency_ttl=_env_seconds(parser, env, "RETINUE_IDEMPOTENCY_TTL",
+                                         DEFAULT_IDEMPOTENCY_TTL, forever=True),
             interval=_env_seconds(parser, env, "RETINUE_PRUNE_INTERVAL", 60.0),
         ),
         workflows=workflows,

@@ -10,7 +10,6 @@ version RETINUE_WORKFLOWS=module:attr names.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
@@ -19,6 +18,8 @@ from prometheus_client import CollectorRegistry
 from actors import DEFAULT_VERIFICATION_TTL, Communicator, Onboarding
 from journal import Journal
 from runtime import Runtime, WorkflowFn
+
+from .environment import env_seconds
 
 __all__ = ["OnboardingFactory", "load_workflows", "register_workflows", "served_workflows"]
 
@@ -75,14 +76,9 @@ def served_workflows(journal: Journal, environ: Mapping[str, str]) -> Mapping[st
 
 def _verification_ttl(environ: Mapping[str, str]) -> timedelta:
     """RETINUE_VERIFICATION_TTL as the server reads it (seconds, positive)."""
-    raw = environ.get("RETINUE_VERIFICATION_TTL")
-    if not raw:
-        return DEFAULT_VERIFICATION_TTL
     try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"RETINUE_VERIFICATION_TTL={raw!r} is not a positive number of "
-                         "seconds; set it as the servers have it")
+        seconds = env_seconds(environ, "RETINUE_VERIFICATION_TTL",
+                              DEFAULT_VERIFICATION_TTL.total_seconds())
+    except ValueError as exc:
+        raise ValueError(f"{exc}; set it as the servers have it") from exc
     return timedelta(seconds=seconds)

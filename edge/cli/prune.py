@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from edge.environment import env_seconds
 from runtime import DEFAULT_IDEMPOTENCY_TTL, RetentionSettings, prune_journal
 
 from .errors import UsageError
@@ -73,17 +73,11 @@ def _age(text: str) -> float:
 
 def _idempotency_ttl(environ: Mapping[str, str]) -> float:
     """RETINUE_IDEMPOTENCY_TTL as the servers read it (seconds; 0: keys never expire)."""
-    raw = environ.get("RETINUE_IDEMPOTENCY_TTL")
-    if not raw:
-        return DEFAULT_IDEMPOTENCY_TTL
     try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not (seconds >= 0 and math.isfinite(seconds)):
-        raise UsageError(f"RETINUE_IDEMPOTENCY_TTL={raw!r} is not a number of seconds (e.g. "
-                         "86400 for a day; 0 keeps keys for ever); set it as the servers have it")
-    return seconds
+        return env_seconds(environ, "RETINUE_IDEMPOTENCY_TTL", DEFAULT_IDEMPOTENCY_TTL,
+                           forever=True)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; set it as the servers have it") from exc
 
 
 async def _prune(args: argparse.Namespace, target: Target, *, environ: Mapping[str, str]
