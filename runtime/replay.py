@@ -199,12 +199,12 @@ def _result(row: WorkflowRow, outcome: str, detail: str, **fields: Any) -> Repla
 
 async def _replay_one(
     row: WorkflowRow, steps: Sequence[StepRecord], workflows: Mapping[str, WorkflowFn],
-    journal: Journal, clock: Clock = SYSTEM_CLOCK, timeout: float = DEFAULT_TIMEOUT,
+    host: _ReplayHost, timeout: float = DEFAULT_TIMEOUT,
 ) -> ReplayResult:
     """Replay one workflow's history (`steps`) against its registered code, with
     no side effects and no writes, for at most `timeout` seconds. Cancellable."""
     with anyio.move_on_after(timeout) as scope:
-        return await _replay(row, steps, workflows, journal, clock)
+        return await _replay(row, steps, workflows, host)
     assert scope.cancelled_caught
     return _result(row, ERROR, f"the replay did not end within {timeout:g} s: the code awaits "
                    "something outside its steps (make it a step)")
@@ -212,14 +212,13 @@ async def _replay_one(
 
 async def _replay(
     row: WorkflowRow, steps: Sequence[StepRecord], workflows: Mapping[str, WorkflowFn],
-    journal: Journal, clock: Clock,
+    host: _ReplayHost,
 ) -> ReplayResult:
     fn = workflows.get(row.name)
     if fn is None:
         return _result(row, UNKNOWN, f"no workflow named {row.name!r} is registered: "
                        "register it, or this workflow cannot run after the deploy")
     history = {step.seq: step for step in steps}
-    host = _ReplayHost(journal, clock, app_version(workflows))
     ctx = _ReplayContext(host, row, dict(history), run_id="replay")
     try:
         await fn(ctx, from_json_value(row.input, input_type_of(fn)))
@@ -269,12 +268,14 @@ async def replay_check(
     rows = await _select(journal, ids, workflow, finished)
     found = [row for row in rows if isinstance(row, WorkflowRow)]
     replayed: dict[str, ReplayResult] = {}
+    # One host for every replay: the version hashes the registry's source once.
+    host = _ReplayHost(journal, clock, app_version(registry))
     for start in range(0, len(found), _CHUNK):
         chunk = found[start:start + _CHUNK]
         histories = await journal.load_histories([row.id for row in chunk])
         for row in chunk:
-            replayed[row.id] = await _replay_one(row, histories[row.id], registry, journal,
-                                                 clock, timeout)
+            replayed[row.id] = await _replay_one(row, histories[row.id], registry, host,
+                                                 timeout)
     return ReplayReport.of([
         replayed[row.id] if isinstance(row, WorkflowRow) else _missing(row) for row in rows
     ])
@@ -360,4 +361,5 @@ async def check_history_replays(
     """Replay an exported history against the code in `registry`, with no
     database: reads the code makes outside its steps see an empty journal."""
     row, steps = load_history(exported)
-    return await _replay_one(row, steps, registry, MemoryJournal())
+    host = _ReplayHost(MemoryJournal(), SYSTEM_CLOCK, app_version(registry))
+    return await _replay_one(row, steps, registry, host)
