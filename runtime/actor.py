@@ -22,7 +22,7 @@ from journal import JournalUnavailableError, WorkflowRow
 
 from .policy import RestartPolicy
 
-__all__ = ["Actor", "Run"]
+__all__ = ["Actor", "MailboxDepth", "Run"]
 
 _log = logging.getLogger("retinue.actor")
 
@@ -33,6 +33,16 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str
     row: WorkflowRow | None = None
     external: bool = False  # counted against the runtime's in-flight bound
+
+
+class MailboxDepth:
+    """Messages queued in all of a node's mailboxes, kept as they come and go, so
+    the `retinue_mailbox_depth` gauge costs O(1), not a walk over every actor."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self) -> None:
+        self.messages = 0
 
 
 class ActorHost:
@@ -66,7 +76,7 @@ class Actor:
     __slots__ = (
         "key", "_host", "_mailbox", "_mailbox_size", "_restart", "_unavailable_backoff",
         "_room", "_scope", "_stopped", "next_event_seq", "current", "epoch", "running",
-        "idle_since",
+        "idle_since", "_depth",
     )
 
     def __init__(
@@ -77,8 +87,10 @@ class Actor:
         mailbox_size: int,
         restart: RestartPolicy,
         unavailable_backoff: Callable[[int], float],
+        depth: MailboxDepth | None = None,
     ) -> None:
         self.key = key
+        self._depth = depth if depth is not None else MailboxDepth()
         self._host = host
         # A list, not a deque: an empty one is 56 bytes, and mailboxes are short.
         self._mailbox: list[Run] = []
@@ -114,6 +126,7 @@ class Actor:
         if not self.has_room():
             raise anyio.WouldBlock
         self._mailbox.append(message)
+        self._depth.messages += 1
         if not self.running:
             self.running = True
             self._host.spawn(self._run)
@@ -151,6 +164,7 @@ class Actor:
             with self._scope:
                 while self._mailbox:
                     message = self._mailbox.pop(0)
+                    self._depth.messages -= 1
                     self._room_made()
                     await self._supervise(message)
         finally:
@@ -162,6 +176,7 @@ class Actor:
 
     def _drop_queued(self) -> None:
         queued, self._mailbox = self._mailbox, []
+        self._depth.messages -= len(queued)
         for message in queued:
             self._host.message_done(self, message)
 

@@ -11,7 +11,7 @@ import anyio.abc
 
 from journal import Journal, JournalUnavailableError, WorkflowRow
 
-from .actor import Actor, ActorHost, Run
+from .actor import Actor, ActorHost, MailboxDepth, Run
 from .clock import Clock
 from .cluster import news_payload, wake_payload
 from .errors import OverloadedError
@@ -81,6 +81,7 @@ class Placement:
         self._wakes_posted = anyio.Event()
         self.timers = TimerService(self._timer_fired, clock)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._depth = MailboxDepth()  # every actor of this node counts into it
         metrics.watch(lambda: len(self.actors), self.mailbox_depth)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -232,6 +233,7 @@ class Placement:
             mailbox_size=self._mailbox_size,
             restart=self._restart,
             unavailable_backoff=unavailable_backoff,
+            depth=self._depth,
         )
         actor.epoch = self.epochs[partition_of(actor_key)]
         self.actors[actor_key] = actor
@@ -264,7 +266,7 @@ class Placement:
         return any(a.running for a in self.actors.values())
 
     def mailbox_depth(self) -> int:
-        return sum(actor.depth() for actor in self.actors.values())
+        return self._depth.messages
 
     # -- wake-ups for other nodes -------------------------------------------------------
 

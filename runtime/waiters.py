@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
@@ -26,15 +25,39 @@ _RECHECK: Final = 0.5
 
 class _Waiter:
     """Callers waiting for one thing (an event, an end); `value` is what came, once
-    `came`. An `event` set without `came` is news from another node: look again."""
+    `came`. An `event` set without `came` is news from another node: look again.
+    `bells`: the events of outcome waits (an event or an end, whichever comes
+    first), rung along with `event`, so that such a wait needs no task per thing."""
 
-    __slots__ = ("event", "value", "waiting", "came")
+    __slots__ = ("event", "value", "waiting", "came", "bells")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.value: Any = None
         self.waiting = 0
         self.came = False
+        self.bells: list[_Bell] = []
+
+    def ring(self) -> None:
+        self.event.set()
+        for bell in self.bells:
+            bell.event.set()
+
+
+class _Bell:
+    """What one outcome wait sleeps on: rung by either of its two waiters."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep until rung or for `seconds`; ready to be rung again afterwards."""
+        with anyio.move_on_after(seconds):
+            await self.event.wait()
+        if self.event.is_set():
+            self.event = anyio.Event()
 
 
 _K = TypeVar("_K")
@@ -56,6 +79,16 @@ def _waiting(table: dict[_K, _Waiter], key: _K) -> Iterator[_Waiter]:
 
 
 @contextmanager
+def _ringing(waiter: _Waiter, bell: _Bell) -> Iterator[None]:
+    """Ring `bell` along with `waiter` while inside."""
+    waiter.bells.append(bell)
+    try:
+        yield
+    finally:
+        waiter.bells.remove(bell)
+
+
+@contextmanager
 def _unless_first(first: bool) -> Iterator[None]:
     """A look at the journal while waiting: an outage fails the first one only."""
     try:
@@ -65,12 +98,18 @@ def _unless_first(first: bool) -> Iterator[None]:
             raise
 
 
+def _forget_news(waiter: _Waiter) -> None:
+    """News set `waiter.event` (not `came`): the look it asked for is being made."""
+    if waiter.event.is_set() and not waiter.came:
+        waiter.event = anyio.Event()
+
+
 def _wake(table: dict[_K, _Waiter], key: _K, value: Any) -> None:
     waiter = table.pop(key, None)
     if waiter is not None:
         waiter.value = value
         waiter.came = True
-        waiter.event.set()
+        waiter.ring()
 
 
 class Waiters:
@@ -151,30 +190,38 @@ class Waiters:
         """Wait up to `timeout` s for the workflow's event `key`, or for its end
         (then it will never publish it): (found, value, the row if it ended without
         publishing). Cancellable."""
+        # One loop watching both, on one bell that either rings: no task group and
+        # no task per wait (they cost more than the rest of the wait together).
         ended: WorkflowRow | None = None
-        event: tuple[bool, Any] = (False, None)
-
-        async def wait_event(scope: anyio.CancelScope) -> None:
-            nonlocal event
-            event = await self.wait_for_event(workflow_id, key, math.inf)
-            scope.cancel()
-
-        async def wait_end(scope: anyio.CancelScope) -> None:
-            nonlocal ended
-            ended = await self.wait_for_finish(workflow_id, math.inf)
-            scope.cancel()
-
-        try:
-            with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(wait_event, tg.cancel_scope)
-                    tg.start_soon(wait_end, tg.cancel_scope)
-        except BaseExceptionGroup as group:
-            # A wait's first look at the journal failed (an outage): the caller's
-            # error is that one (a 503 at the edge), not a group of it (a 500).
-            raise group.exceptions[0] from None
-        if event[0]:  # committed before it was published: no need to read it back
-            return event[0], event[1], None
+        bell = _Bell()
+        with _waiting(self._event_waiters, (workflow_id, key)) as event, \
+                _waiting(self._finish_waiters, workflow_id) as end, \
+                _ringing(event, bell), _ringing(end, bell), anyio.move_on_after(timeout):
+            poll, first = _POLL_FIRST, True
+            while True:
+                fresh = self._fresh.get(workflow_id)
+                if fresh is not None and key in fresh:
+                    return True, fresh[key], None
+                if event.came:
+                    return True, event.value, None
+                if end.came:
+                    ended = end.value
+                    break
+                if fresh is None:
+                    with _unless_first(first):
+                        found, value = await self._journal.get_workflow_event(workflow_id, key)
+                        if found:
+                            return True, value, None
+                        row = await self._journal.get_workflow(workflow_id)
+                        if row is not None and row.status in FINISHED_STATUSES:
+                            ended = row
+                            break
+                here = workflow_id in self._fresh or workflow_id in self._scheduled
+                await bell.nap(_RECHECK if here else poll)
+                # News from another node was rung on the waiters' own events too.
+                _forget_news(event)
+                _forget_news(end)
+                poll, first = min(poll * 1.5, _POLL_MAX), False
         # Once more: the event may have landed as the workflow ended or time ran out.
         found, value = await self._journal.get_workflow_event(workflow_id, key)
         return found, value, None if found else ended
@@ -187,8 +234,7 @@ class Waiters:
             await waiter.event.wait()
         if waiter.came:
             return True
-        if waiter.event.is_set():  # news: the next look at the journal finds it
-            waiter.event = anyio.Event()
+        _forget_news(waiter)  # news: the next look at the journal finds it
         return False
 
     # -- what wakes them ----------------------------------------------------------
@@ -215,7 +261,7 @@ class Waiters:
         else:
             waiter = self._event_waiters.get((news.workflow_id, news.key))
         if waiter is not None:
-            waiter.event.set()
+            waiter.ring()
 
     def add_finish_listener(self, listener: Callable[[WorkflowRow], None]) -> None:
         """Call `listener(row)` each time a workflow ends here, after its end is
