@@ -266,11 +266,20 @@ class WorkflowContext:
         finally:
             _current_step.reset(token)
 
-    async def write(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+    async def write(
+        self, name: str, fn: Callable[..., T], *args: Any, publish: tuple[str, Any] | None = None
+    ) -> T:
         """Run `fn(write_set, *args)` and commit its documents and events in ONE
         batch with the step's completion. It either happened whole or not at all,
         so it needs no write-ahead record. journal.IntegrityError propagates (the
-        step is then recorded failed, and replay raises StepFailedError)."""
+        step is then recorded failed, and replay raises StepFailedError).
+
+        `publish=(key, value)` publishes a workflow event in that same commit, as
+        `set_event(key, value)` would after it, but without waiting for the next
+        commit: callers waiting on the event hear of it as soon as the write is
+        durable (the invite's 200 waits one commit, not two). It takes no seq of
+        its own, so moving a `set_event` into a write changes the history's shape:
+        do it behind `patched()`. A write that fails publishes nothing."""
         seq, recorded = self._next("write", name)
         if recorded is not None and recorded.status == "completed":
             return self._recorded_output(recorded, fn)  # type: ignore[no-any-return]
@@ -286,8 +295,11 @@ class WorkflowContext:
             seq, name, "write", "completed", attempt, self._now(), output=to_json_value(result),
             finished=True,
         )
+        published = () if publish is None else (WorkflowEventRecord(
+            workflow_id=self.workflow_id, key=publish[0], value=to_json_value(publish[1])),)
         try:
-            await self._commit(record, documents=tuple(writes.documents), events=events)
+            await self._commit(record, documents=tuple(writes.documents), events=events,
+                               workflow_events=published)
         except IntegrityError as exc:
             # The write's own fault, so it is recorded. Anything else (a lost lease)
             # says nothing about the write, and a failed record would not commit either.
@@ -298,6 +310,8 @@ class WorkflowContext:
             await self._commit(failed)
             raise
         self._host.events_committed(self.actor_key, len(events))
+        for event in published:
+            self._host.event_published(event.workflow_id, event.key, event.value)
         return result
 
     async def now(self) -> datetime:

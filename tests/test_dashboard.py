@@ -286,8 +286,9 @@ async def test_the_trace_of_an_invite_has_its_steps_child_retry_and_wait(pg_dsn:
     assert (root["parent_span_id"], root["remote_parent"]) == (CALLER_SPAN, True)
     mine = [s for s in spans if s["workflow_id"] == workflow_id and s["kind"] != "workflow"]
     assert [(s["seq"], s["kind"], s["name"]) for s in mine] == [
-        (1, "step", "invite.lookup"), (2, "step", "invite.operate"), (3, "write", "invite.write"),
-        (4, "event", "invite"), (5, "child", "communicate_to_customer"),
+        (1, "step", "invite.lookup"), (2, "step", "invite.operate"),
+        (3, "patch", "invite-event-with-write"), (4, "write", "invite.write"),
+        (5, "child", "communicate_to_customer"),
         (6, "patch", "verification-reminder"), (7, "step", "now"), (8, "wait", "signal:verify"),
     ]
     wait = mine[-1]

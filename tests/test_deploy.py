@@ -31,6 +31,7 @@ import anyio
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.onboarding import REMINDER_PATCH
 from bench.polling import eventually
 from bench.processes import ServerProcess
 
@@ -149,10 +150,11 @@ class Journal:
         return int(rows[0]["n"]) == 0
 
     async def markers(self, ids: list[str]) -> Counter[str]:
-        """How many patch markers each workflow's history holds."""
-        rows = await self.fetch("SELECT workflow_id, count(*) FILTER (WHERE kind = 'patch') "
-                                "AS n FROM steps WHERE workflow_id = ANY($1) "
-                                "GROUP BY workflow_id", ids)
+        """How many markers of the reminder's patch each workflow's history holds
+        (every version here shares the invite steps, and their own patch)."""
+        rows = await self.fetch("SELECT workflow_id, count(*) FILTER (WHERE kind = 'patch' "
+                                "AND name = $2) AS n FROM steps WHERE workflow_id = ANY($1) "
+                                "GROUP BY workflow_id", ids, REMINDER_PATCH)
         return Counter({r["workflow_id"]: int(r["n"]) for r in rows})
 
     async def versions(self, ids: list[str]) -> set[str]:
