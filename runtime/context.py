@@ -466,8 +466,14 @@ class WorkflowContext:
         wakeup = Wakeup(timed_out=signal_id is None, payload=payload)
         record = self._record(seq, name, "wait", "completed", 1, started_at, fire_at=fire_at,
                               output=to_json_value(wakeup), finished=True)
-        consumed = (signal_id,) if signal_id is not None else ()
-        await self._commit(record, consumed_signals=consumed)
+        if signal_id is None:
+            # A timer that came due is deferred like a step's completion: a crash
+            # before the next commit finds the wait started and its timer past,
+            # and wakes it the same way. A signal's wake commits at once: until
+            # its signal is marked consumed, the next wait would find it again.
+            self._defer(record)
+            return wakeup
+        await self._commit(record, consumed_signals=(signal_id,))
         return wakeup
 
     # -- plumbing --------------------------------------------------------------

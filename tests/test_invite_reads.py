@@ -1,5 +1,6 @@
-"""Reads the runtime no longer makes on the invite path, and an outage during a wait
-for an outcome surfacing as the outage (a 503 at the edge), not as a group (a 500)."""
+"""Reads and commits the runtime no longer makes (on the invite path, after a timer),
+and an outage during a wait for an outcome surfacing as the outage (a 503 at the
+edge), not as a group (a 500)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 import anyio
 import pytest
 
-from journal import Journal, JournalUnavailableError, MemoryJournal, StepRecord, WorkflowRow
+from journal import (
+    Batch,
+    Journal,
+    JournalUnavailableError,
+    MemoryJournal,
+    StepRecord,
+    WorkflowRow,
+)
 from runtime import Runtime, WorkflowContext
 from runtime.faults import DelegatingJournal
 
@@ -20,6 +28,11 @@ class CountingJournal(DelegatingJournal):
     def __init__(self, inner: Journal) -> None:
         super().__init__(inner)
         self.reads: Counter[str] = Counter()
+        self.batches: list[Batch] = []
+
+    async def append(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        await self.inner.append(batch)
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         self.reads["get_workflow"] += 1
@@ -79,6 +92,26 @@ async def test_a_started_child_and_an_awaited_event_cost_no_reads() -> None:
     # The child was queued with the row its parent's commit wrote (no history to
     # read), and the event handed over in memory was not read back.
     assert journal.reads == Counter(), journal.reads
+
+
+async def test_a_timer_that_came_due_commits_with_the_next_write_ahead() -> None:
+    journal = CountingJournal(MemoryJournal())
+
+    async def napping(ctx: WorkflowContext, n: int) -> int:
+        await ctx.step("before", _echo, n)
+        await ctx.sleep(0.01)
+        return await ctx.step("after", _echo, n)
+
+    async with Runtime(journal, idle_timeout=5) as runtime:
+        runtime.register(napping, name="napping")
+        row, _ = await runtime.start_workflow("napping", 3, actor_key="customer:nap")
+        assert (await _completed(journal.inner, row.id)).result == 3
+    steps = [[(s.kind, s.name, s.status) for s in b.steps] for b in journal.batches]
+    woke = ("wait", "sleep", "completed")
+    [with_wake] = [b for b in steps if woke in b]
+    # No commit of its own: it rode with the next step's write-ahead record.
+    assert ("step", "after", "started") in with_wake, steps
+    assert len(steps) == 5, steps  # accept, before, the sleep, after, the end
 
 
 async def test_an_outage_while_waiting_for_an_outcome_is_the_outage() -> None:
