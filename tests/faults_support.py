@@ -194,8 +194,8 @@ class InviteLoad:
 
 # (kind, name before any ":") of every step, in order, for each kind of workflow.
 _INVITE_PREFIX = [
-    ("step", "invite.lookup"), ("step", "invite.operate"), ("write", "invite.write"),
-    ("event", "invite"), ("child", "communicate_to_customer"),
+    ("step", "invite.lookup"), ("step", "invite.operate"), ("patch", "invite-event-with-write"),
+    ("write", "invite.write"), ("child", "communicate_to_customer"),
     ("patch", "verification-reminder"), ("step", "now"), ("wait", "signal"),
 ]
 INVITE_EXPIRED = [*_INVITE_PREFIX, ("step", "verify.operate_expire"), ("write", "verify.write")]

@@ -331,7 +331,8 @@ async def _check_the_timeline(page: Any, workflow_id: str, child_id: str) -> Non
     parent = [(kind, name) for wf, kind, name in names if wf == workflow_id]
     assert parent == [
         ("workflow", "invite_customer"), ("step", "invite.lookup"), ("step", "invite.operate"),
-        ("write", "invite.write"), ("event", "invite"), ("child", "communicate_to_customer"),
+        ("patch", "invite-event-with-write"), ("write", "invite.write"),
+        ("child", "communicate_to_customer"),
         ("patch", "verification-reminder"), ("step", "now"), ("wait", "signal:verify"),
     ], names
     seqs = [int(r["seq"]) for r in rows if r["workflow"] == workflow_id and r["seq"]]

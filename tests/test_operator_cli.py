@@ -124,9 +124,12 @@ async def status_becomes(journal: PostgresJournal, workflow_id: str, status: str
 
 
 async def child_of(journal: PostgresJournal, workflow_id: str) -> str:
-    children = await eventually(lambda: journal.children(workflow_id), within=10,
-                                what=f"a child of {workflow_id}")
-    return children[0].id
+    async def started() -> list[Any] | None:
+        # The invite's 200 comes with its write; the child starts a commit later.
+        return await journal.children(workflow_id) or None
+
+    children = await eventually(started, within=10, what=f"a child of {workflow_id}")
+    return str(children[0].id)
 
 
 # -- reading ---------------------------------------------------------------------------

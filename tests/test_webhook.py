@@ -76,8 +76,14 @@ async def test_a_refused_delivery_fails_the_workflow_and_an_operator_retry_resum
         async with serving(pg_dsn, communicator=communicator) as served:
             client = served.client
             _, invited = await _invite(served, "no@example.com")
-            detail = await (await client.get(f"/workflows/{invited['workflow_id']}")).json()
-            child = detail["children"][0]["id"]
+
+            async def started_child() -> str | None:
+                # The invite's 200 comes with its write; the child starts a commit later.
+                path = f"/workflows/{invited['workflow_id']}"
+                children = (await (await client.get(path)).json())["children"]
+                return str(children[0]["id"]) if children else None
+
+            child = await eventually(started_child, what="the invitation's child")
 
             async def status_of_child() -> str | None:
                 reply = await (await client.get(f"/workflows/{child}")).json()
