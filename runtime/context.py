@@ -133,6 +133,7 @@ class WorkflowContext:
         self._deferred_children: list[NewWorkflow] = []
         self._deferred_events: list[WorkflowEventRecord] = []
         self._now = host.clock.now
+        self._suspended_until: datetime | None = None
         self.reader = Reader(host.journal, host.clock)
 
     @property
@@ -455,6 +456,7 @@ class WorkflowContext:
     def _suspend(self, until: datetime | None) -> NoReturn:
         """Leave the actor until `until` (a durable timer, armed here; None: until
         a signal) or until something else wakes the workflow."""
+        self._suspended_until = until
         if until is not None:
             self._host.timer_set(self.workflow_id, self.actor_key, until)
         raise Suspended
@@ -475,6 +477,21 @@ class WorkflowContext:
             return wakeup
         await self._commit(record, consumed_signals=(signal_id,))
         return wakeup
+
+    def resumable(self, within: float) -> tuple[WorkflowRow, list[StepRecord]] | None:
+        """After this run suspended on a timer due within `within` seconds: the row
+        and history exactly as the journal holds them (nothing is deferred), for
+        the next run to start from without reading them; else None."""
+        until = self._suspended_until
+        if until is None or (until - self._now()).total_seconds() > within:
+            return None
+        if self._deferred or self._deferred_children or self._deferred_events:
+            return None
+        # The journal's holder is the run's fence `previous`: this run once it
+        # committed, else the one it was loaded under.
+        row = msgspec.structs.replace(self._row, status=self._status, parked=None,
+                                      run_id=self._run.previous)
+        return row, list(self._history.values())
 
     # -- plumbing --------------------------------------------------------------
 

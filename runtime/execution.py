@@ -19,6 +19,7 @@ from journal import (
 )
 
 from .actor import Actor, ActorHost, Run
+from .cluster import PartitionLost
 from .codec import decode_recorded, input_type_of, to_json_value
 from .commits import Committer
 from .context import Suspended, WorkflowContext
@@ -33,7 +34,7 @@ from .errors import (
 from .metrics import RuntimeMetrics
 from .placement import Placement
 from .policy import RestartPolicy
-from .recovery import Recovery
+from .recovery import KEEP_WITHIN, Recovery
 from .waiters import Waiters
 
 __all__ = ["Executor", "WorkflowFn"]
@@ -88,6 +89,7 @@ class Executor(ActorHost):
             # The journal row carries a cancel request; the mark in memory serves
             # one Run (a row handed in may predate the request), so it never piles up.
             self._committer.clear_cancelling(message.workflow_id)
+            self._recovery.run_ended(message.workflow_id)
 
     async def _run_and_reload(self, message: Run) -> None:
         preloaded = self._recovery.take_preloaded(message.workflow_id)
@@ -134,6 +136,7 @@ class Executor(ActorHost):
                                              where="its input")
             result = await fn(ctx, workflow_input)
         except Suspended:
+            self._keep_for_next_run(ctx, row)
             return
         except WorkflowCancelledError as exc:
             await self._finish(ctx, row, "cancelled", error=str(exc))
@@ -145,6 +148,19 @@ class Executor(ActorHost):
             await self._finish(ctx, row, "failed", error=str(exc))
         else:
             await self._finish(ctx, row, "completed", result=to_json_value(result))
+
+    def _keep_for_next_run(self, ctx: WorkflowContext, row: WorkflowRow) -> None:
+        """A run that waits for a timer due soon leaves its row and history to the
+        timer's run, which then reads neither (2 reads per wake-up). Not with a
+        cancel pending: the next run must read the request."""
+        state = ctx.resumable(within=KEEP_WITHIN)
+        if state is None or self._committer.cancel_requested(row.id):
+            return
+        try:
+            epoch = self._committer.epoch_of(row.partition)
+        except PartitionLost:
+            return
+        self._recovery.suspended(*state, epoch)
 
     async def _park_or_cancel(
         self, ctx: WorkflowContext, row: WorkflowRow, exc: NonDeterminismError

@@ -16,6 +16,11 @@ __all__ = ["Recovery"]
 
 # Recovery reads the histories of this many workflows per query.
 _PRELOAD_CHUNK: Final = 1000
+# A run that suspends on a timer due within this many seconds leaves its row and
+# history for the next run (the timer's), which then reads neither; at most
+# _KEPT_MAX of them are kept (a few kB each).
+KEEP_WITHIN: Final = 60.0
+_KEPT_MAX: Final = 50_000
 
 
 class Recovery(ClusterHost):
@@ -32,6 +37,9 @@ class Recovery(ClusterHost):
         self._preloaded: dict[str, tuple[WorkflowRow, list[StepRecord], int]] = {}
         self._reads = 0
         self._ran_during_reads: set[str] = set()
+        # Workflows with a run under way here: True while nothing changed them
+        # from outside since it began (see `suspended`).
+        self._untouched: dict[str, bool] = {}
         self._signals_seen = 0
 
     def owned(self) -> Mapping[int, int]:
@@ -108,18 +116,23 @@ class Recovery(ClusterHost):
             list(epochs), self._signals_seen
         )
         for row in rows:
+            # Found signalled, cancelled or pending: changed since a run left it
+            # (its wake-up lost), so what that run left is stale.
+            self.drop_preloaded(row.id)
             if row.id not in self._placement.scheduled:
                 self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
 
     # -- what was read, for the next run ------------------------------------------------
 
     def take_preloaded(self, workflow_id: str) -> tuple[WorkflowRow, list[StepRecord]] | None:
-        """The row and history read for `workflow_id`, once; None if none was."""
+        """The row and history read (or left by its last run) for `workflow_id`,
+        once; None if there are none. A run of it begins: call `run_ended` after."""
         # What recovery read is good for the workflow's first run only: that run
         # writes, and nothing else writes for a workflow between (one owner, one
         # actor, one message at a time); an operator's retry drops it.
         if self._reads:
             self._ran_during_reads.add(workflow_id)
+        self._untouched[workflow_id] = True
         preloaded = self._preloaded.pop(workflow_id, None)
         if preloaded is None:
             return None
@@ -130,3 +143,20 @@ class Recovery(ClusterHost):
     def drop_preloaded(self, workflow_id: str) -> None:
         """Something changed the workflow (a command): what was read of it is stale."""
         self._preloaded.pop(workflow_id, None)
+        if workflow_id in self._untouched:
+            self._untouched[workflow_id] = False  # and what its run holds now
+
+    def suspended(
+        self, row: WorkflowRow, history: list[StepRecord], epoch: int
+    ) -> None:
+        """A run of `row` suspended on a timer due soon, leaving the row and history
+        the journal holds (`WorkflowContext.resumable`), under lease `epoch`: the
+        timer's run starts from them, as from what recovery read. Not if a command
+        or another node's news changed the workflow while the run was under way
+        (the run's copy predates it), nor past _KEPT_MAX."""
+        if self._untouched.get(row.id) and len(self._preloaded) < _KEPT_MAX \
+                and self._placement.epochs.get(row.partition) == epoch:
+            self._preloaded[row.id] = (row, history, epoch)
+
+    def run_ended(self, workflow_id: str) -> None:
+        self._untouched.pop(workflow_id, None)

@@ -112,6 +112,33 @@ async def test_a_timer_that_came_due_commits_with_the_next_write_ahead() -> None
     # No commit of its own: it rode with the next step's write-ahead record.
     assert ("step", "after", "started") in with_wake, steps
     assert len(steps) == 5, steps  # accept, before, the sleep, after, the end
+    # The timer's run started from the row and history the sleeping run left.
+    assert journal.reads == Counter(), journal.reads
+
+
+async def test_a_cancel_while_a_run_sleeps_is_read_by_the_next_run() -> None:
+    """What a sleeping run left is dropped when the workflow changes: here a
+    cancel requested by another node whose wake-up was lost, found by catch-up.
+    The next run reads the row, and with it the request."""
+    journal = CountingJournal(MemoryJournal())
+    after: list[int] = []
+
+    async def napping(ctx: WorkflowContext, n: int) -> int:
+        await ctx.sleep(1.0)
+        after.append(n)
+        return n
+
+    async with Runtime(journal, idle_timeout=5) as runtime:
+        runtime.register(napping, name="napping")
+        row, _ = await runtime.start_workflow("napping", 3, actor_key="customer:nap")
+        with anyio.fail_after(5):
+            while (await journal.inner.get_workflow(row.id)).status != "waiting":  # type: ignore[union-attr]
+                await anyio.sleep(0.005)
+        await journal.inner.request_cancel(row.id)  # another node's edge; no wake-up
+        await runtime.catch_up()
+        done = await runtime.wait_for_finish(row.id, 5)
+    assert done is not None and done.status == "cancelled", done
+    assert after == []
 
 
 async def test_an_outage_while_waiting_for_an_outcome_is_the_outage() -> None:
