@@ -120,6 +120,7 @@ async def run(
             assert recoverer.stdout is not None
             lines = BufferedByteReceiveStream(recoverer.stdout)
             ready: float | None = None
+            inside: dict[str, Any] = {}
             finished: float | None = None
             after: dict[str, int] = {}
             try:
@@ -127,9 +128,9 @@ async def run(
                     async with anyio.create_task_group() as tg:
 
                         async def wait_ready() -> None:
-                            nonlocal ready
+                            nonlocal ready, inside
                             with contextlib.suppress(RuntimeError):  # reported below
-                                await _next_message(lines, "recovery-recover.log")
+                                inside = await _next_message(lines, "recovery-recover.log")
                                 ready = time.perf_counter() - began
 
                         tg.start_soon(wait_ready)
@@ -160,6 +161,10 @@ async def run(
         "steps_started_unfinished_at_kill": steps_at_kill.get("steps_started_unfinished"),
         "last_timer_due_in_s_at_kill": round(float(steps_at_kill["last_timer_due_in_s"] or 0), 3),
         "seconds_to_ready": None if ready is None else round(ready, 3),
+        # Of which, inside the new process: its journal pool, then opening the
+        # runtime (the rest is Python starting and importing).
+        "seconds_to_ready_connect": inside.get("connect"),
+        "seconds_to_ready_open_runtime": inside.get("open"),
         "seconds_to_all_finished": None if finished is None else round(finished, 3),
         "workflows_per_s_recovered": None if finished is None else round(in_flight / finished, 1),
         "statuses_after": dict(sorted(after.items())),
