@@ -28,7 +28,8 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("server_cpu_ms_per_request", "server_cpu_ms_per_request_less_idle",
            "sql_transactions_per_request", "client_cpu_ms_per_request",
-           "requests_per_s", "workflows_per_s", "p50_ms", "p99_ms")
+           "postgres_cpu_ms_per_request", "requests_per_s", "workflows_per_s", "p50_ms",
+           "p99_ms", "seconds_to_ready", "seconds_to_all_finished")
 
 
 def _run(tree: Path, bench: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -49,8 +50,9 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per run level (client, concurrency): the mean of each figure over the rounds."""
     levels: dict[str, dict[str, list[float]]] = {}
     for result in results:
-        for run in result.get("runs", []):
-            level = f"{run.get('client', '')} c={run['concurrency']}".strip()
+        # A benchmark of one run (recovery) keeps its figures at the top.
+        for run in result.get("runs", [result]):
+            level = f"{run.get('client', '')} c={run.get('concurrency', '-')}".strip()
             for name in FIGURES:
                 if isinstance(run.get(name), int | float):
                     levels.setdefault(level, {}).setdefault(name, []).append(run[name])
