@@ -188,8 +188,21 @@ async def test_an_operator_prune_covers_every_partition_in_batches(
 
 
 async def test_a_key_answers_within_its_time_and_starts_anew_after_it(
-    runtime: Runtime, clock: VirtualClock
+    journal: Journal, clock: VirtualClock
 ) -> None:
+    # The create frees an expired key itself; the pruner is kept out of it (its
+    # first run a day away). On PostgreSQL rows are stamped by the database's
+    # clock, not this virtual one: a pruner run after the new create would find
+    # the new key "issued" an hour before virtual now, and free it too (seen once,
+    # under load, as a flaky `stored.idempotency_key == None`).
+    settings = RetentionSettings(retention=HOUR, idempotency_ttl=HOUR, interval=24 * HOUR)
+    async with Runtime(journal, clock=clock, retention=settings,
+                       registry=CollectorRegistry()) as runtime:
+        runtime.register(flow)
+        await _a_key_answers_within_its_time(runtime, clock)
+
+
+async def _a_key_answers_within_its_time(runtime: Runtime, clock: VirtualClock) -> None:
     first, created = await runtime.start_workflow("flow", "ada", actor_key="customer:ada",
                                                   idempotency_key="k")
     assert created
