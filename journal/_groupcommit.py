@@ -87,7 +87,8 @@ class GroupCommitter:
 
     async def append(self, batch: Batch) -> None:
         """Write `batch` in some group; return once that group committed.
-        Cancellable while waiting; a cancelled batch may still be written (whole)."""
+        Cancellable while waiting: a cancelled batch is written whole if a writer
+        had taken it, else not at all."""
         slot = _Slot(batch)
         self._pending.append(slot)
         try:
@@ -102,7 +103,13 @@ class GroupCommitter:
                     slot.wake = None
         finally:
             if not slot.done:
-                self._wake_next_writer()  # we may have been woken to write: pass it on
+                # Cancelled. Not yet taken by a writer: leave the queue (the batch is
+                # not written), or the next writer's turn would go to this slot,
+                # whose owner is gone, and the appends behind it would wait for a
+                # newcomer. We may also have been woken to write: pass it on.
+                if not slot.taken:
+                    self._pending.remove(slot)
+                self._wake_next_writer()
         if slot.error is not None:
             raise slot.error
 

@@ -410,6 +410,38 @@ async def test_a_stalled_group_write_fails_every_batch_in_it() -> None:
     assert any(len(group) > 1 for group in groups), groups  # whole groups failed
 
 
+async def test_a_queued_append_cancelled_at_the_head_leaves_the_others_their_turn() -> None:
+    """Appends 1 and 2 queue behind a group in flight; 1 is cancelled. The writer's
+    turn must go to 2, not to 1's dead slot (2 would then wait for a newcomer).
+    Found by the group-reads helper; 1 is not written."""
+    release = anyio.Event()
+    groups: list[list[int]] = []
+
+    async def write(batches: Sequence[Batch]) -> None:
+        groups.append([b.partition for b in batches])
+        await release.wait()
+
+    committer = GroupCommitter(write, max_writers=1)
+    scopes: dict[int, anyio.CancelScope] = {}
+    done: list[int] = []
+
+    async def append(i: int) -> None:
+        with anyio.CancelScope() as scope:
+            scopes[i] = scope
+            await committer.append(Batch(partition=i, epoch=None))
+            done.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(append, i)
+                await anyio.wait_all_tasks_blocked()
+            scopes[1].cancel()
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert done == [0, 2] and groups == [[0], [2]], (done, groups)
+
+
 async def test_a_failed_group_that_finds_the_database_gone_answers_the_rest_at_once() -> None:
     groups: list[list[int]] = []
     first_written = anyio.Event()
