@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from ._groupread import GroupReader
 from ._pg_shared import UNFINISHED, WORKFLOW_COLUMNS, PostgresBase, optional, workflow_row
 from ._pgconn import Conn, boundary
 from .base import WaitingStep, Workflows
@@ -163,13 +164,18 @@ SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM workflows WHERE id = $1)
 RETURNING"""
     + _SIGNAL_COLUMNS
 )
-_NEXT_SIGNAL: Final = (
-    "SELECT"
-    + _SIGNAL_COLUMNS
-    + """FROM signals
-WHERE workflow_id = $1 AND name = $2 AND NOT consumed
-ORDER BY id LIMIT 1"""
-)
+# The oldest unconsumed signal of each (workflow, name) pair, for many pairs in one
+# statement (_groupread): a row per pair that has one, each found as alone (the
+# first entry of signals_unconsumed).
+_NEXT_SIGNALS: Final = """
+SELECT s.id, s.workflow_id, s.name, s.payload, s.consumed, s.created_at
+FROM unnest($1::text[], $2::text[]) AS k(workflow_id, name)
+CROSS JOIN LATERAL (
+    SELECT""" + _SIGNAL_COLUMNS + """FROM signals
+    WHERE workflow_id = k.workflow_id AND name = k.name AND NOT consumed
+    ORDER BY id LIMIT 1
+) AS s
+"""
 _WORKFLOW_SIGNALS: Final = (
     "SELECT" + _SIGNAL_COLUMNS + "FROM signals WHERE workflow_id = $1 ORDER BY id"
 )
@@ -177,7 +183,11 @@ _GET_WORKFLOW_EVENT: Final = "SELECT value FROM workflow_events WHERE workflow_i
 
 
 class PostgresWorkflows(PostgresBase, Workflows):
-    """Workflows, steps and signals on PostgreSQL."""
+    """Workflows, steps and signals on PostgreSQL. `next_signal`, read by every
+    wait for a signal, is a group read (_groupread)."""
+
+    # Built by PostgresJournal, over `_next_signals`.
+    _signal_reads: GroupReader[tuple[str, str], Signal]
 
     @boundary
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
@@ -311,10 +321,16 @@ class PostgresWorkflows(PostgresBase, Workflows):
             raise WorkflowNotFoundError(workflow_id)
         return Signal(**row)
 
-    @boundary
     async def next_signal(self, workflow_id: str, name: str) -> Signal | None:
-        row = await self._pool.fetchrow(_NEXT_SIGNAL, workflow_id, name)
-        return optional(lambda r: Signal(**r), row)
+        return await self._signal_reads.read((workflow_id, name))
+
+    @boundary
+    async def _next_signals(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Signal]:
+        ids, names = [workflow_id for workflow_id, _ in keys], [name for _, name in keys]
+        rows = await self._pool.fetch(_NEXT_SIGNALS, ids, names)
+        return {(row["workflow_id"], row["name"]): Signal(**row) for row in rows}
 
     @boundary
     async def get_workflow_event(self, workflow_id: str, key: str) -> tuple[bool, Any]:

@@ -3,7 +3,8 @@
 The class is composed of one part per protocol of the contract, each in a module
 of its own over the shared pool: `_pg_cluster` (nodes, leases, wake-ups),
 `_pg_writer` (the write path, group-committed through `_groupcommit` and
-`_pgwrite`), `_pg_workflows`, `_pg_projections` (events and documents),
+`_pgwrite`), `_pg_workflows`, `_pg_projections` (events and documents; their
+hot point reads are group reads, `_groupread`),
 `_pg_dead_letters` and `_pg_retention` (pruning, expiring keys). Every public
 method is a boundary (`_pgconn.boundary`): it raises the journal's own errors
 only. Timestamps come from the database clock (`now()`), timezone-aware.
@@ -19,6 +20,7 @@ from typing import Final
 import anyio
 
 from ._groupcommit import GroupCommitter
+from ._groupread import GroupReader, ReadStatistics
 from ._pg_cluster import PostgresCluster
 from ._pg_dead_letters import PostgresDeadLetters
 from ._pg_projections import PostgresProjections
@@ -60,6 +62,20 @@ class PostgresJournal(
             self._append_group, max_batch=max_group, max_writers=max_writers,
             write_timeout=2 * pool.timeout + 1.0,
         )
+        # The point reads of the invite path, group-read (_groupread) with the same bound.
+        read_timeout = 2 * pool.timeout + 1.0
+        self._event_seq_reads = GroupReader(self._last_event_seqs, read_timeout=read_timeout)
+        self._document_reads = GroupReader(self._find_documents, read_timeout=read_timeout)
+        self._signal_reads = GroupReader(self._next_signals, read_timeout=read_timeout)
+
+    @property
+    def read_statistics(self) -> dict[str, ReadStatistics]:
+        """Group-read counters by method: statements sent, reads they answered."""
+        return {
+            "last_event_seq": self._event_seq_reads.statistics,
+            "find_document": self._document_reads.statistics,
+            "next_signal": self._signal_reads.statistics,
+        }
 
     @classmethod
     async def connect(
