@@ -17,6 +17,7 @@ from ._migrations import (
     v5_versions,
     v6_retention,
     v7_forks,
+    v8_lean_writes,
 )
 from ._pgconn import Conn
 
@@ -41,6 +42,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(6, "retention: pruned workflows, and the indexes the pruner reads",
               v6_retention.SQL),
     Migration(7, "forks: forked_from and forked_at_seq, indexed", v7_forks.SQL),
+    Migration(8, "lean writes: partial key and status indexes; a run's claim folded into "
+              "its status change", v8_lean_writes.SQL),
 )
 
 # Any constant shared by every Retinue process; it names the migration lock.
