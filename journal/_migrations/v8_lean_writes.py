@@ -34,7 +34,9 @@ from typing import Final
 #     others in the claim UPDATE, as before. Nothing between the two reads
 #     workflows.run_id. A group claiming one workflow twice (two batches of it),
 #     or one that does not exist, takes the claims first and checks what they
-#     left, exactly as before.
+#     left, exactly as before. The row lock that precedes them now also tells
+#     whether any claim is to check or write at all: in most groups every run
+#     already holds its workflow, and both statements are skipped.
 #   - The workflows, documents and workflow_events inserts are skipped when their
 #     arrays are empty, as the other sections already were.
 SQL: Final = """
@@ -50,7 +52,9 @@ SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off
 AS $fn$
 DECLARE
     bad record;
-    claimed_twice boolean := false;
+    claimed_twice boolean;
+    unheld boolean;
+    claim_alone boolean;
 BEGIN
     IF jsonb_array_length(g->'leases') > 0 THEN
         -- FOR SHARE: appends do not wait for each other, a take-over waits for them.
@@ -84,12 +88,20 @@ BEGIN
 
     IF jsonb_array_length(g->'runs') > 0 THEN
         -- Locked in id order (as every group locks them): two groups never deadlock.
-        -- Fewer rows than claims: a workflow claimed twice (or missing, refused below).
-        SELECT count(*) <> jsonb_array_length(g->'runs') INTO claimed_twice
-        FROM (SELECT 1 FROM workflows
-              WHERE id IN (SELECT r->>'workflow_id'
-                           FROM jsonb_array_elements(g->'runs') AS r)
-              ORDER BY id FOR NO KEY UPDATE) AS locked;
+        -- Fewer workflows than claims: one claimed twice, or missing (refused below).
+        -- unheld: a claim to check; claim_alone: one with no status change here.
+        SELECT count(DISTINCT locked.id) <> jsonb_array_length(g->'runs'),
+               coalesce(bool_or(locked.holder IS DISTINCT FROM locked.claim), false),
+               coalesce(bool_or(locked.holder IS DISTINCT FROM locked.claim
+                                AND NOT EXISTS (
+                                    SELECT 1 FROM jsonb_array_elements(g->'statuses') AS c
+                                    WHERE c->>'workflow_id' = locked.id)), false)
+            INTO claimed_twice, unheld, claim_alone
+        FROM (SELECT w.id, w.run_id AS holder, r.run_id AS claim
+              FROM workflows w
+              JOIN jsonb_to_recordset(g->'runs') AS r(workflow_id text, run_id text)
+                  ON w.id = r.workflow_id
+              ORDER BY w.id FOR NO KEY UPDATE OF w) AS locked;
         IF claimed_twice THEN
             UPDATE workflows w SET run_id = r.run_id
             FROM jsonb_to_recordset(g->'runs')
@@ -98,22 +110,26 @@ BEGIN
               AND w.run_id IS NOT DISTINCT FROM r.previous
               AND w.status NOT IN ('completed', 'failed', 'cancelled');
         END IF;
-        -- Refused: a workflow that the claim would not leave held by the run (once
-        -- claimed, what the claims left).
-        SELECT r.workflow_id, w.run_id AS holder, w.status INTO bad
-        FROM jsonb_to_recordset(g->'runs') AS r(workflow_id text, run_id text, previous text)
-        LEFT JOIN workflows w ON w.id = r.workflow_id
-        WHERE w.run_id IS DISTINCT FROM r.run_id
-          AND (claimed_twice
-               OR NOT (w.id IS NOT NULL AND w.run_id IS NOT DISTINCT FROM r.previous
-                       AND w.status NOT IN ('completed', 'failed', 'cancelled')))
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'workflow % is held by another run (%; status %)',
-                bad.workflow_id, coalesce(bad.holder, 'none'), coalesce(bad.status, 'missing')
-                USING ERRCODE = 'RF003', DETAIL = bad.workflow_id;
+        IF claimed_twice OR unheld THEN
+            -- Refused: a workflow that the claim would not leave held by the run
+            -- (claimed twice: what the claims left).
+            SELECT r.workflow_id, w.run_id AS holder, w.status INTO bad
+            FROM jsonb_to_recordset(g->'runs')
+                AS r(workflow_id text, run_id text, previous text)
+            LEFT JOIN workflows w ON w.id = r.workflow_id
+            WHERE w.run_id IS DISTINCT FROM r.run_id
+              AND (claimed_twice
+                   OR NOT (w.id IS NOT NULL AND w.run_id IS NOT DISTINCT FROM r.previous
+                           AND w.status NOT IN ('completed', 'failed', 'cancelled')))
+            LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'workflow % is held by another run (%; status %)',
+                    bad.workflow_id, coalesce(bad.holder, 'none'),
+                    coalesce(bad.status, 'missing')
+                    USING ERRCODE = 'RF003', DETAIL = bad.workflow_id;
+            END IF;
         END IF;
-        IF NOT claimed_twice THEN
+        IF claim_alone AND NOT claimed_twice THEN
             -- The claims of workflows with no status change here; the others are
             -- written by the status UPDATE below (one row version, not two).
             UPDATE workflows w SET run_id = r.run_id
