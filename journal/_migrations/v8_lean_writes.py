@@ -55,6 +55,8 @@ DECLARE
     claimed_twice boolean;
     unheld boolean;
     claim_alone boolean;
+    claims jsonb;
+    moving jsonb;
 BEGIN
     IF jsonb_array_length(g->'leases') > 0 THEN
         -- FOR SHARE: appends do not wait for each other, a take-over waits for them.
@@ -90,13 +92,20 @@ BEGIN
         -- Locked in id order (as every group locks them): two groups never deadlock.
         -- Fewer workflows than claims: one claimed twice, or missing (refused below).
         -- unheld: a claim to check; claim_alone: one with no status change here.
+        -- claims (workflow -> run) and moving (workflows changing status) are
+        -- jsonb objects: a lookup is a binary search, not a scan of the group.
+        -- (The two subqueries of `moving` are evaluated once each per call.)
         SELECT count(DISTINCT locked.id) <> jsonb_array_length(g->'runs'),
                coalesce(bool_or(locked.holder IS DISTINCT FROM locked.claim), false),
                coalesce(bool_or(locked.holder IS DISTINCT FROM locked.claim
-                                AND NOT EXISTS (
-                                    SELECT 1 FROM jsonb_array_elements(g->'statuses') AS c
-                                    WHERE c->>'workflow_id' = locked.id)), false)
-            INTO claimed_twice, unheld, claim_alone
+                                AND NOT coalesce(
+                                    (SELECT jsonb_object_agg(c->>'workflow_id', true)
+                                     FROM jsonb_array_elements(g->'statuses') AS c)
+                                    ? locked.id, false)), false),
+               jsonb_object_agg(locked.id, locked.claim),
+               (SELECT jsonb_object_agg(c->>'workflow_id', true)
+                FROM jsonb_array_elements(g->'statuses') AS c)
+            INTO claimed_twice, unheld, claim_alone, claims, moving
         FROM (SELECT w.id, w.run_id AS holder, r.run_id AS claim
               FROM workflows w
               JOIN jsonb_to_recordset(g->'runs') AS r(workflow_id text, run_id text)
@@ -138,8 +147,7 @@ BEGIN
             WHERE w.id = r.workflow_id AND w.run_id IS DISTINCT FROM r.run_id
               AND w.run_id IS NOT DISTINCT FROM r.previous
               AND w.status NOT IN ('completed', 'failed', 'cancelled')
-              AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(g->'statuses') AS c
-                              WHERE c->>'workflow_id' = r.workflow_id);
+              AND NOT coalesce(moving ? r.workflow_id, false);
         END IF;
     END IF;
 
@@ -202,16 +210,14 @@ BEGIN
                 bad.status, bad.new_status
                 USING ERRCODE = 'RF003', DETAIL = bad.workflow_id;
         END IF;
-        -- r: this group's claim of the workflow, checked above (so the claim, if it
-        -- changes anything, leaves run_id = r.run_id); none: run_id stays.
+        -- claims: this group's claim of the workflow, checked above (so the claim,
+        -- if it changes anything, leaves run_id = its run); none: run_id stays.
         UPDATE workflows w
         SET status = c.status, result = c.result, error = c.error, updated_at = now(),
             parked = CASE WHEN c.status = 'parked' THEN c.parked END,
-            run_id = coalesce(r.run_id, w.run_id)
+            run_id = coalesce(claims->>c.workflow_id, w.run_id)
         FROM jsonb_to_recordset(g->'statuses')
                 AS c(workflow_id text, status text, result jsonb, error text, parked jsonb)
-            LEFT JOIN jsonb_to_recordset(g->'runs') AS r(workflow_id text, run_id text)
-                ON r.workflow_id = c.workflow_id
         WHERE w.id = c.workflow_id AND w.status NOT IN ('completed', 'failed', 'cancelled');
     END IF;
 
