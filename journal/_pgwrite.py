@@ -3,7 +3,7 @@
 The group-commit writer hands `append_batches` everything that queued up during
 the previous commit. The group travels as ONE jsonb document (`_Group`, encoded
 by msgspec through the pool's jsonb codec) to the `retinue_append` function
-(migration 4, replaced by 5), which checks the leases, the run fences and the step and status
+(migration 4, replaced by 5 and 8), which checks the leases, the run fences and the step and status
 guards, then writes every part: one round trip, one fsync. Python and SQL meet
 by field name, so a new column is one field here and one in the SQL.
 """
