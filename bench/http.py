@@ -131,7 +131,7 @@ end
 
 async def _wrk(
     base: str, server: psutil.Process, seconds: int, concurrency: int, label: str,
-    committed: Transactions,
+    committed: Transactions, postmaster: psutil.Process,
 ) -> dict[str, Any]:
     """The same invites from wrk (one thread, `concurrency` connections, distinct
     emails from a Lua counter); statuses from the server's own metrics."""
@@ -140,13 +140,13 @@ async def _wrk(
     async with aiohttp.ClientSession() as session:
         before = await _statuses(session, base)
         server_cpu, wrk_cpu = _cpu_seconds(server), _children_cpu_seconds()
-        postgres_cpu = _postgres_cpu_seconds()
+        postgres_cpu = _postgres_cpu_seconds(postmaster)
         done = await anyio.run_process(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
              "-s", str(script), f"{base}/customers/invite"], check=True)
         server_cpu = _cpu_seconds(server) - server_cpu
         wrk_cpu = _children_cpu_seconds() - wrk_cpu
-        postgres_cpu = _postgres_cpu_seconds() - postgres_cpu
+        postgres_cpu = _postgres_cpu_seconds(postmaster) - postgres_cpu
         statuses = await _statuses(session, base) - before
         drained = await _drain(session, base)
     statements = await committed.since_last()
@@ -184,17 +184,31 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _postgres_cpu_seconds() -> float:
-    """CPU of every PostgreSQL process on this machine (the bench's server: its
-    backends, WAL writer, checkpointer), with what exited backends left to the
-    postmaster: the database's share of an invite, on the same two cores."""
+def _postgres_cpu_seconds(postmaster: psutil.Process) -> float:
+    """CPU of the bench's PostgreSQL server (its postmaster and every process under
+    it: backends, WAL writer, checkpointer), with what exited backends left to the
+    postmaster: the database's share of an invite, on the same two cores. Only this
+    server's: other PostgreSQL servers on the machine (test suites starting and
+    stopping theirs) would bill their work, or their exits, to these invites."""
     total = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        times = process.info["cpu_times"]
-        if process.info["name"] != "postgres" or times is None:
+    for process in [postmaster, *postmaster.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # a backend that exited just now
             continue
         total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+async def _postmaster(dsn: str) -> psutil.Process:
+    """The bench server's postmaster: the parent of a backend of it."""
+    conn = await asyncpg.connect(dsn)
+    try:  # while the backend lives
+        parent = psutil.Process(int(await conn.fetchval("SELECT pg_backend_pid()"))).parent()
+    finally:
+        await conn.close()
+    assert parent is not None, "a backend always has its postmaster"
+    return parent
 
 
 def _own_cpu_seconds() -> float:
@@ -231,7 +245,7 @@ class Transactions:
 
 async def _measure(
     base: str, server: psutil.Process, invites: int, concurrency: int, label: str,
-    committed: Transactions,
+    committed: Transactions, postmaster: psutil.Process,
 ) -> dict[str, Any]:
     emails = [f"bench-{label}-{i}@example.com" for i in range(invites)]
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -243,10 +257,10 @@ async def _measure(
     idle_rate = (_cpu_seconds(server) - idle_cpu) / (time.perf_counter() - idle_began)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
-        postgres_cpu = _postgres_cpu_seconds()
+        postgres_cpu = _postgres_cpu_seconds(postmaster)
         elapsed, latencies, statuses = await send_invites(session, base, emails, concurrency)
         server_cpu, client_cpu = _cpu_seconds(server) - server_cpu, _own_cpu_seconds() - client_cpu
-        postgres_cpu = _postgres_cpu_seconds() - postgres_cpu
+        postgres_cpu = _postgres_cpu_seconds(postmaster) - postgres_cpu
         drained = await _drain(session, base)
     # The server's own background (heartbeats, lease renewals: a few a second) and
     # the drain's listing calls count too; small next to thousands of invites.
@@ -293,20 +307,24 @@ async def run(
             base = server.url
             process = psutil.Process(server.pid)
             committed = Transactions(dsn)
+            postmaster = await _postmaster(dsn)
             await committed.since_last()
-            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", committed)
+            await _measure(base, process, min(200, invites), 16, f"{run_id}-warmup", committed,
+                           postmaster)
             # Each level its own emails (a level repeated must not re-invite customers).
             for level, concurrency in enumerate(concurrencies):
                 count = invites if concurrency > 1 else min(invites, 500)
                 results.append(await _measure(base, process, count, concurrency,
-                                              f"{run_id}-{level}c{concurrency}", committed))
+                                              f"{run_id}-{level}c{concurrency}", committed,
+                                              postmaster))
             if wrk_seconds and not shutil.which("wrk"):
                 sys.stderr.write("bench http: wrk is not installed (apt-get install wrk, or "
                                  "`make wrk`): only the Python client ran\n")
             if wrk_seconds and shutil.which("wrk"):
                 for level, concurrency in enumerate(concurrencies):
                     results.append(await _wrk(base, process, wrk_seconds, concurrency,
-                                              f"{run_id}-{level}wrk{concurrency}", committed))
+                                              f"{run_id}-{level}wrk{concurrency}", committed,
+                                              postmaster))
             rss = process.memory_info().rss
         finally:
             exit_code, stop_seconds = await stop_server(server)
