@@ -27,7 +27,6 @@ import msgspec
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("server_cpu_ms_per_request", "server_cpu_ms_per_request_less_idle",
-           "postgres_cpu_ms_per_request",
            "sql_transactions_per_request", "client_cpu_ms_per_request",
            "postgres_cpu_ms_per_request", "requests_per_s", "workflows_per_s", "p50_ms",
            "p99_ms", "seconds_to_ready", "seconds_to_all_finished")
