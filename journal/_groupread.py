@@ -25,13 +25,10 @@ bounded by `read_timeout`), unless its sender's read is alone in it.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Final, Generic, TypeVar
 
-import anyio
-
-from .errors import JournalUnavailableError
+from ._shared import SharedStatements, Slot
 
 __all__ = ["GroupReader", "ReadStatistics"]
 
@@ -42,21 +39,13 @@ V = TypeVar("V")
 _READ_TIMEOUT: Final = 30.0
 
 
-class _Slot(Generic[K, V]):
-    __slots__ = ("done", "error", "key", "taken", "value", "wake")
+class _Slot(Slot, Generic[K, V]):
+    __slots__ = ("key", "value")
 
     def __init__(self, key: K) -> None:
+        super().__init__()
         self.key = key
-        self.done = False
-        self.taken = False
         self.value: V | None = None
-        self.error: BaseException | None = None
-        # Made only when its owner sleeps: a lone read never needs one.
-        self.wake: anyio.Event | None = None
-
-    def ring(self) -> None:
-        if self.wake is not None:
-            self.wake.set()
 
 
 class ReadStatistics:
@@ -71,12 +60,16 @@ class ReadStatistics:
         self.largest = 0
 
 
-class GroupReader(Generic[K, V]):
-    """Shares statements between concurrent point reads of one kind.
-    `read_group(keys)` reads distinct keys in one statement and returns what it
-    found by key (a key it found nothing for is left out), raising the journal's
-    errors; a call that takes longer than `read_timeout` seconds is cancelled and
-    counts as the database being unreachable."""
+class GroupReader(SharedStatements[_Slot[K, V], Mapping[K, V]]):
+    """Shares statements between concurrent point reads of one kind (the turns are
+    taken as `_shared` says). `read_group(keys)` reads distinct keys in one
+    statement and returns what it found by key (a key it found nothing for is left
+    out), raising the journal's errors; a call that takes longer than
+    `read_timeout` seconds is cancelled and counts as the database being
+    unreachable."""
+
+    # A lone read is cancelled with its caller, as a plain read would be.
+    lone_sender_cancels = True
 
     def __init__(
         self,
@@ -86,106 +79,44 @@ class GroupReader(Generic[K, V]):
         max_in_flight: int = 1,
         read_timeout: float = _READ_TIMEOUT,
     ) -> None:
+        super().__init__(max_group=max_group, max_in_flight=max_in_flight,
+                         timeout=read_timeout)
         self._read_group = read_group
-        self._max_group = max_group
-        self._max_in_flight = max_in_flight
-        self._read_timeout = read_timeout
-        self._pending: collections.deque[_Slot[K, V]] = collections.deque()
-        self._in_flight = 0
         self.statistics = ReadStatistics()
 
     async def read(self, key: K) -> V | None:
         """What a statement sent after this call found for `key`, or None.
         Cancellable; raises what the statement raised for this key."""
         slot: _Slot[K, V] = _Slot(key)
-        self._pending.append(slot)
-        try:
-            while not slot.done:
-                if not slot.taken and self._in_flight < self._max_in_flight:
-                    await self._send_next_group(slot)
-                else:
-                    # No await between the look above and this wait: a ring
-                    # cannot fall between them.
-                    slot.wake = anyio.Event()
-                    await slot.wake.wait()
-                    slot.wake = None
-        finally:
-            if not slot.done:
-                self._leave(slot)
+        await self._take_turn(slot)
         if slot.error is not None:
             raise slot.error
         return slot.value
 
-    def _leave(self, slot: _Slot[K, V]) -> None:
-        """A cancelled caller's slot: out of the queue if still in it, and the turn
-        to send passed on (it may have been woken to send)."""
-        if not slot.taken:
-            self._pending.remove(slot)
-        self._wake_next_sender()
-
-    async def _send_next_group(self, own: _Slot[K, V]) -> None:
-        self._in_flight += 1
-        try:
-            group: list[_Slot[K, V]] = []
-            while self._pending and len(group) < self._max_group:
-                slot = self._pending.popleft()
-                slot.taken = True
-                group.append(slot)
-            # Others wait on this statement: it is finished even if its sender is
-            # cancelled. A lone read is not: its caller leaves at once, as before.
-            with anyio.CancelScope(shield=not (len(group) == 1 and group[0] is own)):
-                await self._answer(group)
-        finally:
-            self._in_flight -= 1
-            self._wake_next_sender()
-
-    def _wake_next_sender(self) -> None:
-        if self._pending and self._in_flight < self._max_in_flight:
-            self._pending[0].ring()
-
-    async def _answer(self, group: list[_Slot[K, V]]) -> None:
-        keys = list(dict.fromkeys(slot.key for slot in group))  # distinct, in order
+    def _count(self, group: list[_Slot[K, V]]) -> None:
         stats = self.statistics
         stats.statements += 1
         stats.reads += len(group)
         stats.largest = max(stats.largest, len(group))
-        try:
-            with anyio.fail_after(self._read_timeout):
-                found = await self._read_group(keys)
-        except TimeoutError:
-            self._fail(group, JournalUnavailableError(
-                f"a group read of {len(keys)} keys had no answer within "
-                f"{self._read_timeout:g} s"))
-            return
-        except JournalUnavailableError as exc:
-            self._fail(group, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - one key's fault: find which
-            if len(keys) == 1:
-                self._fail(group, exc)
-            else:
-                await self._answer_alone(group)
-            return
-        for slot in group:
-            slot.value = found.get(slot.key)
-            slot.done = True
-            slot.ring()
 
-    async def _answer_alone(self, group: list[_Slot[K, V]]) -> None:
-        """Each key of a failed group in a statement of its own. Once the database
-        turns out unreachable, the rest get that answer without trying."""
+    async def _statement(self, group: list[_Slot[K, V]]) -> Mapping[K, V]:
+        return await self._read_group(_distinct_keys(group))
+
+    def _answer(self, group: list[_Slot[K, V]], result: Mapping[K, V]) -> None:
+        for slot in group:
+            slot.value = result.get(slot.key)
+            slot.answered()
+
+    def _parts(self, group: list[_Slot[K, V]]) -> list[list[_Slot[K, V]]]:
         by_key: dict[K, list[_Slot[K, V]]] = {}
         for slot in group:
             by_key.setdefault(slot.key, []).append(slot)
-        for slots in by_key.values():
-            await self._answer(slots)
-            if isinstance(slots[0].error, JournalUnavailableError):
-                self._fail([slot for slot in group if not slot.done], slots[0].error)
-                return
+        return list(by_key.values())
 
-    @staticmethod
-    def _fail(group: list[_Slot[K, V]], error: BaseException) -> None:
-        for slot in group:
-            slot.error = error
-            slot.done = True
-            slot.ring()
+    def _no_answer(self, group: list[_Slot[K, V]]) -> str:
+        return (f"a group read of {len(_distinct_keys(group))} keys had no answer within "
+                f"{self._timeout:g} s")
+
+
+def _distinct_keys(group: list[_Slot[K, V]]) -> list[K]:
+    return list(dict.fromkeys(slot.key for slot in group))  # in order

@@ -283,9 +283,9 @@ class _Gated:
         return {key: key.upper() for key in keys if key != "miss"}
 
 
-async def test_a_read_cancelled_while_queued_leaves_the_others_their_answers() -> None:
-    gated = _Gated()
-    reader = GroupReader(gated, max_in_flight=1)
+def _cancellable_reads(reader: GroupReader[str, str]) -> tuple[
+        Callable[[str], Awaitable[None]], dict[str, str | None], dict[str, anyio.CancelScope]]:
+    """A read of `key` that files its answer, and its cancel scope, under the key."""
     answers: dict[str, str | None] = {}
     scopes: dict[str, anyio.CancelScope] = {}
 
@@ -293,6 +293,14 @@ async def test_a_read_cancelled_while_queued_leaves_the_others_their_answers() -
         with anyio.CancelScope() as scope:
             scopes[key] = scope
             answers[key] = await reader.read(key)
+
+    return read, answers, scopes
+
+
+async def test_a_read_cancelled_while_queued_leaves_the_others_their_answers() -> None:
+    gated = _Gated()
+    reader = GroupReader(gated, max_in_flight=1)
+    read, answers, scopes = _cancellable_reads(reader)
 
     with anyio.fail_after(10):  # a guard against a stranded read, not a timing
         await _cancel_the_queue_head(gated, read, scopes)
@@ -316,13 +324,7 @@ async def _cancel_the_queue_head(
 async def test_a_cancelled_sender_finishes_its_statement_for_the_others() -> None:
     gated = _Gated()
     reader = GroupReader(gated, max_in_flight=1)
-    answers: dict[str, str | None] = {}
-    scopes: dict[str, anyio.CancelScope] = {}
-
-    async def read(key: str) -> None:
-        with anyio.CancelScope() as scope:
-            scopes[key] = scope
-            answers[key] = await reader.read(key)
+    read, answers, scopes = _cancellable_reads(reader)
 
     with anyio.fail_after(10):  # a guard against a stranded read, not a timing
         async with anyio.create_task_group() as tg:
