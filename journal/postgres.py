@@ -56,14 +56,16 @@ class PostgresJournal(
     def __init__(self, pool: Pool, *, max_group: int = 512, max_writers: int = 2) -> None:
         self._pool = pool
         self._closed = False
-        # A group write waits for a connection, then runs one statement, each bounded
-        # by the pool's timeout; past both (and a margin) the writer gives up anyway.
+        # A shared statement (a group write or read) waits for a connection, then
+        # runs, each bounded by the pool's timeout; past both (and a margin) its
+        # sender gives up anyway.
+        shared_timeout = 2 * pool.timeout + 1.0
         self._committer = GroupCommitter(
             self._append_group, max_batch=max_group, max_writers=max_writers,
-            write_timeout=2 * pool.timeout + 1.0,
+            write_timeout=shared_timeout,
         )
-        # The point reads of the invite path, group-read (_groupread) with the same bound.
-        read_timeout = 2 * pool.timeout + 1.0
+        # The point reads of the invite path, group-read (_groupread).
+        read_timeout = shared_timeout
         self._event_seq_reads = GroupReader(self._last_event_seqs, read_timeout=read_timeout)
         self._document_reads = GroupReader(self._find_documents, read_timeout=read_timeout)
         self._signal_reads = GroupReader(self._next_signals, read_timeout=read_timeout)
