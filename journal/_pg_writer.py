@@ -59,8 +59,7 @@ class PostgresWriter(PostgresBase, Writer):
 
     @boundary
     async def _append_group(self, batches: Sequence[Batch]) -> None:
-        async with self._pool.acquire() as conn:
-            await append_batches(conn, batches)
+        await self._pool.run(lambda conn: append_batches(conn, batches))
 
     @boundary
     async def create_workflow(
