@@ -68,6 +68,7 @@ from runtime import (
     otlp_exporter_from_env,
 )
 from runtime.eventloop import run_options
+from runtime.gctuning import tune_gc
 
 __all__ = ["ServerConfig", "cli", "load_workflows", "main", "parse_config", "run_server"]
 
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     try:
         loop = run_options()  # uvloop when installed (retinue[fast])
+        tune_gc()  # fewer, cheaper collections (runtime/gctuning.py)
     except ValueError as wrong:
         print(f"retinue: {wrong}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ import msgspec
 from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
-from .common import run_options
+from .common import run_options, tune_gc
 
 WORKFLOW = "recovery_shape"
 BEFORE = ("a", "b", "c")
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sleep", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
+    tune_gc()  # as the server does
     if args.mode == "load":
         anyio.run(load, args.dsn, args.workflows, args.sleep, args.concurrency, **run_options())
     else:

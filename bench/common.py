@@ -20,7 +20,7 @@ from journal import EmbeddedPostgres
 from .databases import fresh_database
 
 __all__ = ["bench_database", "bench_server_dsn", "percentile", "emit", "machine", "save",
-           "event_loop", "run_options"]
+           "event_loop", "run_options", "tune_gc"]
 
 BENCH_DATA_DIR = os.environ.get("RETINUE_BENCH_DATA_DIR", ".retinue/bench-pg")
 # Where `emit` also files each result (`make bench` sets it to bench/results); unset,
@@ -62,6 +62,17 @@ def run_options() -> dict[str, Any]:
     except ImportError:
         return {}
     return chosen()
+
+
+def tune_gc() -> None:
+    """The collector settings the server applies (runtime/gctuning.py), for the
+    benchmarks that embed the runtime in their own process, as an application would
+    (none on a revision from before them: `python -m bench.ab`)."""
+    try:
+        from runtime.gctuning import tune_gc as tune
+    except ImportError:
+        return
+    tune()
 
 
 def percentile(samples: list[float], q: float) -> float:

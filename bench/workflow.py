@@ -18,7 +18,7 @@ from journal import PostgresJournal
 from runtime import Runtime, WorkflowContext
 
 from . import floor
-from .common import bench_database, emit, machine, percentile, run_options
+from .common import bench_database, emit, machine, percentile, run_options, tune_gc
 
 STEPS = ("invite", "communicate_invitation", "verify", "communicate_welcome")
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-seconds", type=float, default=2.0,
                         help="how long to measure the batched-insert floor for the ratio")
     args = parser.parse_args(argv)
+    tune_gc()
     emit(anyio.run(run, args.workflows, args.concurrency, args.floor_seconds, **run_options()))
 
 
