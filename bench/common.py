@@ -67,11 +67,15 @@ def run_options() -> dict[str, Any]:
 def tune_gc() -> None:
     """The collector settings the server applies (runtime/gctuning.py), for the
     benchmarks that embed the runtime in their own process, as an application would
-    (none on a revision from before them: `python -m bench.ab`)."""
-    try:
-        from runtime.gctuning import tune_gc as tune
-    except ImportError:
+    (none on a revision from before them: `python -m bench.ab`). Looked for beside
+    the `runtime` package in use: the editable install would otherwise find this
+    tree's module for an older revision's package."""
+    import runtime
+
+    if not (Path(runtime.__file__).parent / "gctuning.py").exists():
         return
+    from runtime.gctuning import tune_gc as tune
+
     tune()
 
 
