@@ -18,7 +18,6 @@ from ._migrations import (
     v6_retention,
     v7_forks,
     v8_lean_writes,
-    v9_guarded_upsert,
 )
 from ._pgconn import Conn
 
@@ -45,7 +44,6 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(7, "forks: forked_from and forked_at_seq, indexed", v7_forks.SQL),
     Migration(8, "lean writes: partial key and status indexes; a run's claim folded into "
               "its status change", v8_lean_writes.SQL),
-    Migration(9, "the step guard rides on the step upsert", v9_guarded_upsert.SQL),
 )
 
 # Any constant shared by every Retinue process; it names the migration lock.

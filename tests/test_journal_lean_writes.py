@@ -179,7 +179,7 @@ async def test_migration_8_applies_on_a_database_at_7_with_rows(pg_dsn: str) -> 
             VALUES ('keyed', 'invite', 'c', 0, 'completed', 'k-1'),
                    ('plain', 'invite', 'c', 1, 'running', NULL),
                    ('plain-2', 'invite', 'c', 1, 'cancelled', NULL)""")
-        assert (await migrate(conn))[:1] == [8]  # and any after it
+        assert await migrate(conn) == [8]
         assert await conn.fetchval(_BY_IDEMPOTENCY_KEY.replace("SELECT", "SELECT id,", 1)
                                    + " LIMIT 1", "k-1") == "keyed"
         indexes = {row["indexname"]: row["indexdef"] for row in await conn.fetch(
