@@ -9,8 +9,8 @@ service, passivation, and lease bookkeeping. Waiting itself is the event loop's
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
@@ -115,5 +115,6 @@ _SETTLE_ROUNDS: Final = 5
 
 
 def new_id() -> str:
-    """A fresh random id (workflow ids, trace ids)."""
-    return uuid.uuid4().hex
+    """A fresh random id (workflow ids, trace ids): 32 hex digits, 128 random bits.
+    The shape of `uuid4().hex` without building a UUID object (four per invite)."""
+    return os.urandom(16).hex()

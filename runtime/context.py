@@ -213,12 +213,12 @@ class WorkflowContext:
         recorded: StepRecord | None,
     ) -> Any:
         """One attempt of a step; a failure the policy retries backs off durably."""
-        started_at = recorded.started_at if recorded is not None else self._now()
+        attempt_began = self._now()
+        started_at = recorded.started_at if recorded is not None else attempt_began
         last_error = recorded.error if recorded is not None else None
         first = _round_start(recorded, attempt)
         # Every failed attempt, so a timeline can draw each try (kept on the record).
         history: list[dict[str, Any]] = list(recorded.history or []) if recorded else []
-        attempt_began = self._now()
         if effect:
             await self._write_step(seq, name, "started", attempt, started_at,
                                    error=last_error, history=history or None)
