@@ -410,6 +410,38 @@ async def test_a_stalled_group_write_fails_every_batch_in_it() -> None:
     assert any(len(group) > 1 for group in groups), groups  # whole groups failed
 
 
+async def test_batches_written_again_alone_each_get_the_whole_timeout() -> None:
+    """A group that fails for one batch's fault is written again batch by batch;
+    each of those writes has the timeout to itself, not what the group's first
+    try left of it (here 3 x 0.15 s of retries after a 0.15 s try, timeout 0.2 s)."""
+    groups: list[list[int]] = []
+    release = anyio.Event()
+
+    async def write(batches: Sequence[Batch]) -> None:
+        groups.append([b.partition for b in batches])
+        if len(groups) == 1:
+            await release.wait()  # the next three queue up behind it, as one group
+            return
+        await anyio.sleep(0.15)
+        if len(batches) > 1:
+            raise RuntimeError("one batch's fault: each is written alone to find which")
+
+    committer = GroupCommitter(write, max_writers=1, write_timeout=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_append_each, committer, 1)
+        await anyio.wait_all_tasks_blocked()
+        errors: list[BaseException] = []
+
+        async def rest() -> None:
+            errors.extend(await _append_each(committer, 3))
+
+        tg.start_soon(rest)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert errors == [], errors
+    assert [len(group) for group in groups] == [1, 3, 1, 1, 1], groups
+
+
 async def test_a_queued_append_cancelled_at_the_head_leaves_the_others_their_turn() -> None:
     """Appends 1 and 2 queue behind a group in flight; 1 is cancelled. The writer's
     turn must go to 2, not to 1's dead slot (2 would then wait for a newcomer).
