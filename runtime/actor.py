@@ -11,7 +11,6 @@ actor carries on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -76,8 +75,8 @@ class Actor:
 
     __slots__ = (
         "key", "_host", "_mailbox", "_mailbox_size", "_restart", "_unavailable_backoff",
-        "_room", "_scope", "_stopped", "next_event_seq", "event_seq_ahead", "current", "epoch",
-        "running", "idle_since", "_depth",
+        "_room", "_scope", "_stopped", "next_event_seq", "current", "epoch", "running",
+        "idle_since", "_depth",
     )
 
     def __init__(
@@ -102,9 +101,6 @@ class Actor:
         self._scope: anyio.CancelScope | None = None
         self._stopped = False
         self.next_event_seq: int | None = None  # loaded on first use; reset on restart
-        # The last event seq, being read ahead by whoever accepted the actor's new
-        # workflow (None in it: read it yourself). See Committer.read_event_seq_ahead.
-        self.event_seq_ahead: asyncio.Future[int | None] | None = None
         self.current: str | None = None
         self.epoch: int | None = None  # the partition lease it runs under (set by the host)
         self.running = False
@@ -217,4 +213,3 @@ class Actor:
     def _reset(self) -> None:
         """A restart: forget every piece of in-memory state."""
         self.next_event_seq = None
-        self.event_seq_ahead = None

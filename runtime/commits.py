@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -84,9 +83,6 @@ class Committer(RunHost):
         self.accepting = False
         self.ready = False
         self.app_version = ""  # set by the Runtime as workflows are registered
-        # Names of workflows a new run of which wrote events here (learned: the
-        # accepting caller then reads the actor's last event seq ahead for them).
-        self.event_writers: set[str] = set()
 
     def journal_answered(self, answered: bool) -> None:
         """The journal answered a heartbeat (True) or did not: ready follows it
@@ -202,37 +198,8 @@ class Committer(RunHost):
     async def next_event_seq(self, actor_key: str) -> int:
         actor = self._actor_of(actor_key)
         if actor.next_event_seq is None:  # loaded on the actor's first write
-            ahead, actor.event_seq_ahead = actor.event_seq_ahead, None
-            last = None if ahead is None else await ahead
-            if last is None:
-                last = await self.journal.last_event_seq(actor_key)
-            if actor.next_event_seq is None:
-                actor.next_event_seq = last + 1
+            actor.next_event_seq = await self.journal.last_event_seq(actor_key) + 1
         return actor.next_event_seq
-
-    async def read_event_seq_ahead(self, actor_key: str) -> None:
-        """Read the actor's last event seq now, while its new workflow's run does its
-        own first reads (the lookup), instead of after them: one read fewer on the
-        way to the run's first write (the invite's 200 waits for it). Called by the
-        task that accepted the workflow, after queueing its run: no task of its own.
-
-        Sound because the actor is its events' only writer: every event it writes
-        takes its seq from `next_event_seq`, which waits for this read if it is the
-        one to use it, and ignores it once a seq is known. Nothing here can fail the
-        caller: without an answer the run reads the seq itself."""
-        actor = self._actors.get(actor_key)
-        if actor is None or actor.next_event_seq is not None or actor.event_seq_ahead is not None:
-            return
-        ahead: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        actor.event_seq_ahead = ahead
-        last = None
-        try:
-            last = await self.journal.last_event_seq(actor_key)
-        except JournalUnavailableError:
-            pass  # the run reads it itself (and waits the outage out there)
-        finally:
-            if not ahead.done():  # (a run cancelled while waiting cancels it)
-                ahead.set_result(last)
 
     def events_committed(self, actor_key: str, count: int) -> None:
         actor = self._actor_of(actor_key)

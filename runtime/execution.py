@@ -80,15 +80,7 @@ class Executor(ActorHost):
     async def execute(self, actor: Actor, message: Run) -> None:
         with self._committer.acting_as(actor) as current:
             if current:
-                seq_unknown = actor.next_event_seq is None
-                try:
-                    await self._execute(message)
-                finally:
-                    if (seq_unknown and actor.next_event_seq is not None
-                            and message.row is not None):
-                        # A new workflow of this name writes events: accepting the
-                        # next one reads its actor's last event seq ahead.
-                        self._committer.event_writers.add(message.row.name)
+                await self._execute(message)
 
     async def _execute(self, message: Run) -> None:
         try:

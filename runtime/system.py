@@ -307,8 +307,6 @@ class Runtime:
             epoch is not None and self._placement.epochs.get(new.partition) == epoch
         )
         self._placement.accepted(actor_key, row, reserved, trusted=fresh)
-        if fresh and name in self._committer.event_writers:
-            await self._committer.read_event_seq_ahead(actor_key)
         return row, True
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
