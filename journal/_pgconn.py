@@ -193,14 +193,20 @@ class Pool:
         finally:
             await self._give_back(conn, reusable)
 
+    def _keeps_idle(self, conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+        """Whether `conn`, given back, stays idle here for the next statement: nobody
+        waits in asyncpg's acquire (else asyncpg hands it to them), the pool is not
+        closing, and the connection is open with no transaction left on it."""
+        return (not self._waiting and not self._closing and is_open(conn)
+                and not conn.is_in_transaction())
+
     async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record], reusable: bool) -> None:
         """Release `conn` to the pool, or close it now if its state is unknown (it
         returns to the pool empty, and reconnects when next borrowed)."""
         if not reusable:
             _terminate(conn)
             return
-        if not (self._waiting or self._closing or not is_open(conn)
-                or conn.is_in_transaction()):
+        if self._keeps_idle(conn):
             self._idle.append(conn)
             return
         try:
