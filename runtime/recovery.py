@@ -77,7 +77,15 @@ class Recovery(ClusterHost):
         unfinished += [row for row in woken if row.status == "waiting"]
         for timer in waiting:
             self._placement.timers.set(timer.workflow_id, timer.actor_key, timer.fire_at)
-        unfinished = [row for row in unfinished if row.id not in self._placement.scheduled]
+        # One with a Run here already is run again once that Run is done, from the
+        # journal (what was read here may predate what that Run writes). That Run
+        # may be a stopped actor's, unwinding after its partition was lost: then
+        # it ends without writing, and only this brings the workflow back (found
+        # by the simulation, soak seed 13346: a running workflow left idle).
+        scheduled = self._placement.scheduled
+        for row in [row for row in unfinished if row.id in scheduled]:
+            self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
+        unfinished = [row for row in unfinished if row.id not in scheduled]
         for start in range(0, len(unfinished), _PRELOAD_CHUNK):
             await self._replay(unfinished[start:start + _PRELOAD_CHUNK], epochs)
 

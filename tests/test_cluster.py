@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.polling import eventually
-from journal import PARTITION_COUNT, Journal, NewWorkflow
-from runtime import Runtime, WorkflowContext, partition_of
+from journal import PARTITION_COUNT, Batch, Journal, NewWorkflow
+from runtime import DelegatingJournal, Runtime, WorkflowContext, partition_of
 from runtime.cluster import (
     News,
     RunHere,
@@ -244,6 +244,51 @@ async def test_an_actor_whose_lease_was_taken_cannot_write_and_its_work_is_resum
         assert await journal.list_dead_letters() == []
         assert metric(a, "retinue_actor_restarts_total") == 0
         assert [s for n, wf, s in ran.steps if wf == row.id] == ["first", "first", "second"]
+
+
+class HeldCommit(DelegatingJournal):
+    """Holds the commit of `workflow_id`'s step `seq` inside the journal call,
+    shielded like a statement already sent, until `release` is set."""
+
+    def __init__(self, inner: Journal, workflow_id: str, seq: int) -> None:
+        super().__init__(inner)
+        self._held = (workflow_id, seq)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def append(self, batch: Batch) -> None:
+        if any((step.workflow_id, step.seq) == self._held for step in batch.steps):
+            with anyio.CancelScope(shield=True):
+                self.entered.set()
+                await self.release.wait()
+        await self.inner.append(batch)
+
+
+async def test_a_partition_taken_back_while_its_stopped_run_unwinds_runs_the_workflow_again(
+    journal: Journal,
+) -> None:
+    """The partition is dropped and recovered while the stopped actor's run is
+    still inside a commit: recovery finds the workflow with a Run here, and has
+    it run again once that Run ends (else it stays running with nobody to run it:
+    soak seed 13346)."""
+    held = HeldCommit(journal, "wf-unwinding", 2)
+
+    async def two_steps(ctx: WorkflowContext, _: None) -> str:
+        await ctx.step("first", lambda: "one")
+        return await ctx.step("second", lambda: "two")
+
+    # No heartbeat in the test's time: only recovery can bring the workflow back.
+    async with Runtime(held, heartbeat_interval=60.0, lease_ttl=120.0) as rt:
+        rt.register(two_steps)
+        await rt.start_workflow("two_steps", None, actor_key="a:1", workflow_id="wf-unwinding")
+        await held.entered.wait()
+        partition = partition_of("a:1")
+        epoch = rt.owned()[partition]
+        rt.stop_partitions([partition])
+        await rt.partitions_acquired({partition: epoch})
+        held.release.set()
+        done = await rt.wait_for_finish("wf-unwinding", 5)
+    assert done is not None and (done.status, done.result) == ("completed", "two")
 
 
 # -- wake-ups -------------------------------------------------------------------------------
