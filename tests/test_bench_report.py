@@ -3,6 +3,8 @@ result of each benchmark, and a table typed by hand or left behind fails here.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,15 @@ def test_every_benchmark_of_the_table_renders_from_its_committed_result() -> Non
     for name in report.TARGETS:
         if name in newest:
             assert report.FIGURES[name](newest[name])
+
+
+@pytest.mark.parametrize(("args", "status"), [(["--help"], 0), (["flor"], 2)])
+def test_bench_with_an_argument_that_names_no_benchmark_runs_none(
+    args: list[str], status: int
+) -> None:
+    """`python -m bench --help` (or a typo) says what there is; it once ran them all."""
+    done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == status
+    assert "usage: python -m bench" in done.stdout + done.stderr
+    assert '"bench"' not in done.stdout  # no benchmark's JSON line
