@@ -32,9 +32,10 @@ _APPENDABLE_STATUSES: Final = frozenset(
 )
 
 
-def _check_run(run: RunFence | None, row: WorkflowRow | None) -> None:
-    """The run fence: `run` holds the workflow, or may claim it from `previous`."""
-    if run is None:
+def _check_run(run: RunFence, row: WorkflowRow | None, *, inserted: bool) -> None:
+    """The run fence: `run` holds the workflow, or may claim it from `previous`
+    (a workflow the batch itself `inserted` is held by none: pending until then)."""
+    if row is None and inserted and run.previous is None:
         return
     if row is not None and (row.run_id == run.run_id or (
             row.run_id == run.previous and row.status not in FINISHED_STATUSES)):
@@ -66,9 +67,11 @@ class MemoryWriter(MemoryState, Writer):
     async def append(self, batch: Batch) -> None:
         async with self._lock:
             self._check_lease(batch.partition, batch.epoch)
+            if self._guards and batch.run is not None:
+                workflow_id = batch.run.workflow_id
+                _check_run(batch.run, self._workflows.get(workflow_id),
+                           inserted=any(wf.id == workflow_id for wf in batch.workflows))
             if self._guards:
-                _check_run(batch.run, self._workflows.get(batch.run.workflow_id)
-                           if batch.run is not None else None)
                 self._check_steps(batch)
                 self._check_statuses(batch)
             self._check_integrity(batch)

@@ -20,6 +20,7 @@ import msgspec
 
 from journal import JournalUnavailableError, WorkflowRow
 
+from .acceptance import Acceptance
 from .policy import RestartPolicy
 
 __all__ = ["Actor", "MailboxDepth", "Run"]
@@ -33,6 +34,17 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str
     row: WorkflowRow | None = None
     external: bool = False  # counted against the runtime's in-flight bound
+    # A new workflow accepted by its first commit (eager start), until that lands.
+    acceptance: Acceptance | None = None
+
+    def for_retry(self) -> Run:
+        """This message, to handle again after a failed attempt. The attempt may
+        have journaled steps, so the retry replays them (a row handed in stands for
+        an empty history), unless its acceptance has not landed: then nothing of
+        the workflow is journaled, and the row is all there is."""
+        if self.row is None or (self.acceptance is not None and not self.acceptance.landed):
+            return self
+        return msgspec.structs.replace(self, row=None)
 
 
 class MailboxDepth:
@@ -203,9 +215,7 @@ class Actor:
                         await self._host.dead_letter(self, message, exc)
                         return
                     await anyio.sleep(self._restart.backoff(crashes))
-                # The failed attempt may have journaled steps, so the retry replays
-                # them: a row handed in with a new workflow stands for an empty history.
-                message = msgspec.structs.replace(message, row=None)
+                message = message.for_retry()
         finally:
             self.current = None
             self._host.message_done(self, message)

@@ -29,6 +29,7 @@ from journal import (
     WorkflowRow,
 )
 
+from .acceptance import Acceptance
 from .clock import Clock
 from .codec import decode_recorded, return_type_of, to_json_value
 from .errors import NonDeterminismError, NonRetryableError, StepFailedError, WorkflowCancelledError
@@ -119,10 +120,13 @@ class WorkflowContext:
     """Handed to a workflow function; every method is a durable step. Cancellable."""
 
     def __init__(
-        self, host: RunHost, row: WorkflowRow, history: dict[int, StepRecord], run_id: str
+        self, host: RunHost, row: WorkflowRow, history: dict[int, StepRecord], run_id: str,
+        *, acceptance: Acceptance | None = None,
     ) -> None:
         self._host = host
         self._row = row
+        # A workflow started eagerly is inserted by this run's first commit.
+        self._acceptance = acceptance
         # Every batch of this run carries its fence: the first claims the workflow
         # from the run that held it when it was loaded, the next ones hold it.
         self._run = RunFence(workflow_id=row.id, run_id=run_id, previous=row.run_id)
@@ -569,14 +573,19 @@ class WorkflowContext:
         steps = (*self._deferred, record) if record is not None else tuple(self._deferred)
         children, events = tuple(self._deferred_children), tuple(self._deferred_events)
         partition = self._row.partition
+        accepting = self._acceptance
         batch = Batch(
             partition=partition, epoch=self._host.epoch_of(partition), run=self._run,
             steps=steps, statuses=statuses,
-            workflows=(*parts.pop("workflows", ()), *children),
+            workflows=(*(accepting.riding() if accepting is not None else ()),
+                       *parts.pop("workflows", ()), *children),
             workflow_events=(*parts.pop("workflow_events", ()), *events),
             **parts,
         )
         await self._host.commit(batch)
+        if accepting is not None:
+            accepting.land()
+            self._acceptance = None
         if self._run.previous != self._run.run_id:
             self._run = msgspec.structs.replace(self._run, previous=self._run.run_id)
         self._deferred.clear()

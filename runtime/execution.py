@@ -18,6 +18,7 @@ from journal import (
     WorkflowRow,
 )
 
+from .acceptance import Acceptance
 from .actor import Actor, ActorHost, Run
 from .cluster import PartitionLost
 from .codec import decode_recorded, input_type_of, to_json_value
@@ -104,7 +105,8 @@ class Executor(ActorHost):
             if row.cancel_requested:
                 self._committer.mark_cancelling(row.id)
             try:
-                await self._run_workflow(row, {step.seq: step for step in steps})
+                await self._run_workflow(row, {step.seq: step for step in steps},
+                                         message.acceptance)
                 return
             except RunSuperseded:
                 # The journal refused this run: it was behind. Nothing it did was
@@ -113,6 +115,8 @@ class Executor(ActorHost):
                 _log.warning("workflow %s: a stale run was refused by the journal; "
                              "reloading it", message.workflow_id)
                 row, steps = await self._load(Run(workflow_id=message.workflow_id))
+                if row is not None and message.acceptance is not None:
+                    message.acceptance.land()  # the journal holds it: it landed before
         raise RuntimeError(
             f"workflow {message.workflow_id!r} was refused by the journal {_RELOADS} times "
             "in a row: another run keeps moving it on; look for two nodes running it"
@@ -126,11 +130,16 @@ class Executor(ActorHost):
             return row, []
         return row, await self._journal.load_steps(row.id)
 
-    async def _run_workflow(self, row: WorkflowRow, history: dict[int, Any]) -> None:
+    async def _run_workflow(
+        self, row: WorkflowRow, history: dict[int, Any], acceptance: Acceptance | None
+    ) -> None:
         fn = self._workflows.get(row.name)
         if fn is None:
             raise UnknownWorkflowTypeError(row.name, list(self._workflows))
-        ctx = WorkflowContext(self._committer, row, history, self._new_id())
+        if acceptance is not None and acceptance.landed:
+            acceptance = None
+        ctx = WorkflowContext(self._committer, row, history, self._new_id(),
+                              acceptance=acceptance)
         try:
             workflow_input = decode_recorded(row.input, input_type_of(fn), workflow_id=row.id,
                                              where="its input")
@@ -198,11 +207,22 @@ class Executor(ActorHost):
         with self._committer.acting_as(actor) as current:
             if not current:
                 return  # its partition moved: the new owner replays the message
+            if message.acceptance is not None and not message.acceptance.landed:
+                await self._land(message.acceptance)  # so that it exists to be failed
             await self._fail_dead_lettered(message, text)
             await self._committer.outlast(lambda: self._journal.add_dead_letter(
                 actor.key, {"workflow_id": message.workflow_id}, text
             ))
             self._metrics.dead_letters.inc()
+
+    async def _land(self, acceptance: Acceptance) -> None:
+        """Accept an eagerly started workflow with a commit of its own."""
+        partition = acceptance.workflow.partition
+        await self._committer.commit(
+            Batch(partition=partition, epoch=self._committer.epoch_of(partition),
+                  workflows=acceptance.riding())
+        )
+        acceptance.land()
 
     async def _fail_dead_lettered(self, message: Run, text: str) -> None:
         row = await self._committer.outlast(

@@ -11,6 +11,7 @@ import anyio.abc
 
 from journal import Journal, JournalUnavailableError, WorkflowRow
 
+from .acceptance import Acceptance
 from .actor import Actor, ActorHost, MailboxDepth, Run
 from .clock import Clock
 from .cluster import news_payload, wake_payload
@@ -143,13 +144,26 @@ class Placement:
             self.scheduled.pop(workflow_id, None)
 
     def accepted(
-        self, actor_key: str, row: WorkflowRow, reserved: bool, *, trusted: bool
+        self, actor_key: str, row: WorkflowRow, reserved: bool, *, trusted: bool,
+        acceptance: Acceptance | None = None,
     ) -> None:
         """Queue the first Run of a workflow just accepted here (`admit`ted); it
-        carries the row (no reads to start it) only if that is `trusted` news."""
+        carries the row (no reads to start it) only if that is `trusted` news.
+        With `acceptance`, the workflow is not in the journal yet: its Run's first
+        commit accepts it (eager start; see runtime.acceptance)."""
         self.fresh[row.id] = {}
-        run = Run(workflow_id=row.id, row=row if trusted else None, external=True)
+        run = Run(workflow_id=row.id, row=row if trusted else None, external=True,
+                  acceptance=acceptance)
         self.deliver(actor_key, run, watched=True, reserved=reserved)
+
+    def can_start_at_once(self, actor_key: str) -> bool:
+        """A new workflow of `actor_key` may start running at once (eager start):
+        this node owns the partition, and the actor has nothing to do (a busy one
+        would keep the caller waiting for its acceptance behind other work)."""
+        if partition_of(actor_key) not in self.epochs:
+            return False
+        actor = self.actors.get(actor_key)
+        return actor is None or not (actor.running or actor.depth())
 
     def deliver_command(self, actor_key: str, workflow_id: str) -> None:
         """Queue the Run a command asks for, counted against the in-flight bound
@@ -218,6 +232,8 @@ class Placement:
         if message.external:
             self.in_flight -= 1
             self.fresh.pop(message.workflow_id, None)
+            if message.acceptance is not None:
+                message.acceptance.abandon()  # its caller accepts it plainly; no-op if landed
 
     def _timer_fired(self, workflow_id: str, actor_key: str) -> None:
         if partition_of(actor_key) in self.epochs:  # else its owner has it armed

@@ -38,6 +38,7 @@ from journal import (
 )
 
 from . import commands
+from .acceptance import ACCEPTANCE_PATIENCE, Acceptance
 from .actor import Run
 from .clock import SYSTEM_CLOCK, Clock, new_id
 from .cluster import ClusterSettings, LeaseManager, News, default_node_id, parse_wake
@@ -96,6 +97,8 @@ class Runtime:
     steps are re-run (same idempotency key) by the next owner. `retention`
     (RetentionSettings: 7 days after a workflow finished, idempotency keys for
     24 h) is what `runtime.pruner` removes from the partitions it owns.
+    `eager_start`: a new workflow with no id or key from the caller, for an idle
+    actor here, is accepted by its run's first commit (runtime/acceptance.py).
     """
 
     # Test-only: True puts back the race the run fence was built for (a workflow
@@ -114,8 +117,10 @@ class Runtime:
         registry: CollectorRegistry | None = None, heartbeat_interval: float | None = None,
         lease_ttl: float | None = None, clock: Clock = SYSTEM_CLOCK,
         new_id: Callable[[], str] = new_id, retention: RetentionSettings | None = None,
+        eager_start: bool = True,
     ) -> None:
         self.journal, self.clock, self._new_id, self._grace = journal, clock, new_id, grace
+        self.eager_start = eager_start
         self.node_id = node_id or default_node_id()
         self.metrics = metrics = RuntimeMetrics(registry or CollectorRegistry())
         self._workflows: dict[str, WorkflowFn] = {}
@@ -272,6 +277,7 @@ class Runtime:
         if name not in self._workflows:
             raise UnknownWorkflowTypeError(name, list(self._workflows))
         self._check_capacity(actor_key)
+        fresh_id = workflow_id is None and idempotency_key is None
         new = NewWorkflow(
             id=workflow_id or self._new_id(),
             name=name,
@@ -283,6 +289,46 @@ class Runtime:
             trace_id=trace_id or self._new_id(),
             app_version=self.app_version,
         )
+        if fresh_id and self._starts_eagerly(actor_key):
+            row = await self._start_eagerly(new)
+            if row is not None:
+                return row, True
+            # Its Run ended, or left this node, before its first commit landed:
+            # accept it the plain way (the insert is a no-op if a cancelled commit
+            # landed after all; then the run fence sends the new Run to the history).
+        return await self._start(new, fresh_id=workflow_id is None)
+
+    def _starts_eagerly(self, actor_key: str) -> bool:
+        # The test-only race of `trust_stale_rows` is the plain path's.
+        return (self.eager_start and not self.trust_stale_rows
+                and self._placement.can_start_at_once(actor_key))
+
+    async def _start_eagerly(self, new: NewWorkflow) -> WorkflowRow | None:
+        """Queue the Run of `new` at once; its first commit accepts it (see
+        runtime.acceptance). The row once that landed; None if the Run abandoned it."""
+        reserved = self._placement.admit(new.id, reserve=True)
+        row = new_row(new, self.clock.now())
+        acceptance = Acceptance(new)
+        # From here the Run holds the in-flight count: it gives it back when it
+        # ends, however this caller's wait ends.
+        self._placement.accepted(new.actor_key, row, reserved, trusted=True,
+                                 acceptance=acceptance)
+        with anyio.move_on_after(ACCEPTANCE_PATIENCE):
+            if not await acceptance.answer():
+                return None
+            self.metrics.workflows_started.labels(new.name).inc()
+            return row
+        # The run has not committed yet (slow code before its first commit): accept
+        # it here, as the plain path does; the run's first commit then claims it.
+        await self._accept(new, fresh_id=True)
+        if acceptance.abandoned:  # its Run left meanwhile, for this caller to queue
+            self._placement.deliver(new.actor_key, Run(workflow_id=new.id))
+        acceptance.land()
+        self.metrics.workflows_started.labels(new.name).inc()
+        return row
+
+    async def _start(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:
+        """Accept `new` with a commit of its own, then queue its Run."""
         # Reserved before it commits: catch-up or recovery, seeing it pending in
         # between, must not run it first (its Run below then trusts a stale row).
         reserved = self._placement.admit(new.id, reserve=not self.trust_stale_rows)
@@ -291,7 +337,7 @@ class Runtime:
         # (else another node may have run the workflow meanwhile; simulation seed 27).
         epoch = self._placement.epochs.get(new.partition)
         try:
-            row, created = await self._accept(new, fresh_id=workflow_id is None)
+            row, created = await self._accept(new, fresh_id=fresh_id)
         except BaseException:
             self._placement.withdraw(new.id, reserved)
             raise
@@ -302,11 +348,11 @@ class Runtime:
                 # caller saw an outage and sent it again): then nobody queued it.
                 self._placement.deliver(row.actor_key, Run(workflow_id=row.id))
             return row, False
-        self.metrics.workflows_started.labels(name).inc()
+        self.metrics.workflows_started.labels(new.name).inc()
         fresh = self.trust_stale_rows or (
             epoch is not None and self._placement.epochs.get(new.partition) == epoch
         )
-        self._placement.accepted(actor_key, row, reserved, trusted=fresh)
+        self._placement.accepted(new.actor_key, row, reserved, trusted=fresh)
         return row, True
 
     async def _accept(self, new: NewWorkflow, *, fresh_id: bool) -> tuple[WorkflowRow, bool]:

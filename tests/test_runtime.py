@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import pytest
 
 from journal import Journal
 from runtime import (
@@ -31,25 +34,45 @@ async def test_a_workflow_runs_its_steps_once_and_returns_the_result(journal: Jo
     assert {key for _, key in effects.calls} == {f"{done.id}:{seq}" for seq in range(1, 5)}
 
 
-async def test_replay_after_a_crash_at_every_journal_write(journal: Journal) -> None:
+def _ids(first: str) -> Callable[[], str]:
+    """A Runtime's `new_id` whose first id (the first workflow's) is `first`."""
+    made = itertools.count()
+    return lambda: first if (n := next(made)) == 0 else f"{first}-{n}"
+
+
+@pytest.mark.parametrize(
+    ("eager", "writes_expected"),
+    [
+        # accept, 4 write-ahead records (completions ride along), finish
+        pytest.param(False, 6, id="accepted-alone"),
+        # the acceptance rides with the first write-ahead record (eager start)
+        pytest.param(True, 5, id="eager-start"),
+    ],
+)
+async def test_replay_after_a_crash_at_every_journal_write(
+    journal: Journal, eager: bool, writes_expected: int
+) -> None:
     """Crash after write k for every k; reopen; each step that completed before the
     crash ran exactly once, one in flight ran at most twice with the same key."""
     clean = CrashingJournal(journal)
     effects = Effects()
-    await run_one(clean, lambda rt: rt.register(sequence(effects), name="seq"), "seq", 1)
+    await run_one(clean, lambda rt: rt.register(sequence(effects), name="seq"), "seq", 1,
+                  eager_start=eager)
     writes = clean.writes
-    assert writes >= 6  # accept, 4 write-ahead records (completions ride along), finish
+    assert writes == writes_expected
     for k in range(1, writes + 1):
         effects = Effects()
         workflow = sequence(effects)
         crashing = CrashingJournal(journal, crash_after=k)
-        key = f"crash:{k}"
+        key = f"crash:{k}:{eager}"
+        workflow_id = f"wf-{k}-{eager}"
         async with crashed():
-            async with Runtime(crashing) as rt:
+            # A fresh id (eager start takes only those) that the test knows.
+            async with Runtime(crashing, eager_start=eager, new_id=_ids(workflow_id)) as rt:
                 rt.register(workflow, name="seq")
-                await rt.start_workflow("seq", 1, actor_key=key, workflow_id=f"wf-{k}")
+                await rt.start_workflow("seq", 1, actor_key=key)
                 await anyio.sleep(10)
-        row = await journal.get_workflow(f"wf-{k}")
+        row = await journal.get_workflow(workflow_id)
         assert row is not None, f"crash after write {k}: the accepted workflow was lost"
         completed_before = {s.name for s in await journal.load_steps(row.id)
                             if s.status == "completed"}

@@ -112,6 +112,9 @@ class Cluster:
             # Tight bounds now and then: commands refused (clients retry), and
             # internal messages waiting for room in a full mailbox.
             mailbox_size=rng.choice((2, 64, 64)), max_in_flight=rng.choice((2, 10_000, 10_000)),
+            # Keyless starts on an idle actor: mostly accepted by the run's first
+            # commit (runtime/acceptance.py), sometimes by a commit of their own.
+            eager_start=rng.random() < 0.75,
         )
         if self._shortcut:
             runtime.trust_stale_rows = True
