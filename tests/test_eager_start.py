@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
 
-from journal import Batch, Document, Journal, JournalUnavailableError
+from journal import (
+    Batch,
+    Document,
+    Journal,
+    JournalUnavailableError,
+    NewWorkflow,
+    PostgresJournal,
+    RunFence,
+    StaleRunError,
+    StatusChange,
+    StepRecord,
+)
 from runtime import DelegatingJournal, RestartPolicy, Runtime, WorkflowContext
 from runtime.acceptance import ACCEPTANCE_PATIENCE
 from runtime.partitions import partition_of
@@ -311,3 +323,50 @@ async def test_a_run_slow_to_commit_does_not_keep_its_caller_waiting(journal: Jo
     accepted, claimed = recording.touching(row.id)[:2]
     assert (accepted.run, [wf.id for wf in accepted.workflows]) == (None, [row.id])
     assert claimed.run is not None and claimed.workflows == ()
+
+
+# -- the journal's side: a batch that inserts the workflow it claims --------------------
+
+
+def _first_commit(workflow_id: str, previous: str | None = None) -> Batch:
+    """An eager start's first commit: the insert, the claim, `running`, a record."""
+    return Batch(
+        partition=0, epoch=0,
+        run=RunFence(workflow_id=workflow_id, run_id="run-a", previous=previous),
+        workflows=(NewWorkflow(id=workflow_id, name="invite", actor_key="c-1", partition=0),),
+        statuses=(StatusChange(workflow_id=workflow_id, status="running"),),
+        steps=(StepRecord(workflow_id=workflow_id, seq=1, name="s1", kind="step",
+                          status="started", attempt=1, started_at=datetime.now(UTC)),),
+    )
+
+
+async def test_a_batch_may_insert_the_workflow_it_claims(journal: Journal) -> None:
+    await journal.append(_first_commit("wf"))
+    await journal.append(_first_commit("wf"))  # sent again, its answer lost: a no-op
+    row = await journal.get_workflow("wf")
+    assert row is not None and (row.status, row.run_id) == ("running", "run-a")
+    assert [s.status for s in await journal.load_steps("wf")] == ["started"]
+
+
+async def test_a_batch_inserting_a_workflow_cannot_claim_it_from_another_run(
+    journal: Journal,
+) -> None:
+    with pytest.raises(StaleRunError):
+        await journal.append(_first_commit("wf", previous="run-z"))
+    assert await journal.get_workflow("wf") is None  # refused whole
+
+
+async def test_a_group_with_a_first_commit_and_a_plain_acceptance_of_it_inserts_it_once(
+    postgres_journal: PostgresJournal,
+) -> None:
+    """The caller past its patience and the run's first commit, in one group,
+    in either order."""
+
+    def plain(workflow_id: str) -> Batch:
+        return Batch(partition=0, epoch=None, workflows=_first_commit(workflow_id).workflows)
+
+    await postgres_journal._append_group([plain("wf"), _first_commit("wf")])
+    await postgres_journal._append_group([_first_commit("wf-2"), plain("wf-2")])
+    for workflow_id in ("wf", "wf-2"):
+        row = await postgres_journal.get_workflow(workflow_id)
+        assert row is not None and (row.status, row.run_id) == ("running", "run-a")
