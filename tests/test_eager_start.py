@@ -66,6 +66,22 @@ class Recording(DelegatingJournal):
                 or (b.run is not None and b.run.workflow_id == workflow_id)]
 
 
+class Held:
+    """A workflow (`blocking`) whose first step, without effects so nothing is
+    committed before it, holds until `release` is set; `entered` once it holds."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = anyio.Event(), anyio.Event()
+
+    async def blocking(self, ctx: WorkflowContext, _: None) -> str:
+        return await ctx.step("hold", self._hold, effect=False)
+
+    async def _hold(self) -> str:
+        self.entered.set()
+        await self.release.wait()
+        return "held"
+
+
 def ids(first: str) -> Callable[[], str]:
     """A Runtime's `new_id` whose first id (the first workflow's) is `first`."""
     made = itertools.count()
@@ -143,18 +159,10 @@ async def test_a_start_for_a_busy_actor_is_accepted_without_waiting_for_it(
     journal: Journal,
 ) -> None:
     recording = Recording(journal)
-    entered, release = anyio.Event(), anyio.Event()
-
-    async def blocking(ctx: WorkflowContext, _: None) -> str:
-        async def hold() -> str:
-            entered.set()
-            await release.wait()
-            return "held"
-
-        return await ctx.step("hold", hold, effect=False)
+    held = Held()
 
     async with Runtime(recording) as rt, anyio.create_task_group() as tg:
-        rt.register(blocking)
+        rt.register(held.blocking)
         first: list[str] = []
 
         async def start_first() -> None:
@@ -162,14 +170,14 @@ async def test_a_start_for_a_busy_actor_is_accepted_without_waiting_for_it(
             first.append(row.id)
 
         tg.start_soon(start_first)
-        await entered.wait()
+        await held.entered.wait()
         # The first is running and has not committed: its caller still waits.
         assert first == []
         with anyio.fail_after(5):
             second, created = await rt.start_workflow("blocking", None, actor_key="a:1")
         assert created and (await journal.get_workflow(second.id)) is not None
         assert recording.inserting_and_running(second.id) == []
-        release.set()
+        held.release.set()
         with anyio.fail_after(5):
             while not first:
                 await anyio.sleep(0.01)
@@ -227,26 +235,18 @@ async def test_a_run_dropped_before_its_first_commit_is_accepted_the_plain_way(
 ) -> None:
     """Its partition is lost while the run has not committed: the caller accepts
     the workflow with a commit of its own, and the partition's owner runs it."""
-    entered, release = anyio.Event(), anyio.Event()
-
-    async def blocking(ctx: WorkflowContext, _: None) -> str:
-        async def hold() -> str:
-            entered.set()
-            await release.wait()
-            return "held"
-
-        return await ctx.step("hold", hold, effect=False)
+    held = Held()
 
     async with Runtime(journal, heartbeat_interval=0.05, lease_ttl=1.0) as rt, \
             anyio.create_task_group() as tg:
-        rt.register(blocking)
+        rt.register(held.blocking)
         started: list[tuple[Any, bool]] = []
 
         async def start() -> None:
             started.append(await rt.start_workflow("blocking", None, actor_key="a:1"))
 
         tg.start_soon(start)
-        await entered.wait()
+        await held.entered.wait()
         rt.stop_partitions([partition_of("a:1")])
         with anyio.fail_after(5):
             while not started:
@@ -254,7 +254,7 @@ async def test_a_run_dropped_before_its_first_commit_is_accepted_the_plain_way(
         row, created = started[0]
         stored = await journal.get_workflow(row.id)
         assert created and stored is not None and stored.run_id is None
-        release.set()
+        held.release.set()
         # The next heartbeat takes the partition back and recovery runs it.
         done = await rt.wait_for_finish(row.id, 10)
     assert done is not None and (done.status, done.result) == ("completed", "held")
