@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from journal import (
@@ -23,6 +24,7 @@ from journal import (
     StaleRunError,
     StatusChange,
     StepRecord,
+    _pgwrite,
 )
 from journal._migrations import v8_lean_writes
 from journal._pg_retention import _EXPIRE_ANY, _EXPIRE_HELD, _PRUNE_ANY, _PRUNE_HELD
@@ -295,3 +297,24 @@ async def test_recovery_and_listing_read_indexes(filled: asyncpg.Connection) -> 
     # An unfinished status: through the unfinished rows (or newest first), never a scan.
     for status in ("running", "waiting", "pending", "completed", "failed"):
         assert await _workflow_indexes(filled, _LIST_WORKFLOWS, *listing(status))
+
+
+# -- the group's argument: what it leaves out -------------------------------------------
+
+
+async def test_a_group_leaves_out_none_and_repeated_leases_and_reads_back_the_same(
+    postgres_journal: PostgresJournal,
+) -> None:
+    """The group's jsonb is parsed by PostgreSQL on every commit (a third of a
+    group's cost, docs/performance.md round 5): a step's None fields are left out
+    (a missing key reads as NULL), and a partition's lease is checked once."""
+    await new_workflow(postgres_journal)
+    batches = [by("run-a", steps=started(1)), by("run-a", steps=started(2))]
+    group = msgspec.json.decode(msgspec.json.encode(_pgwrite._group(batches)))
+    assert group["leases"] == [{"partition": 0, "epoch": 0}]
+    assert not {"output", "error", "finished_at", "fire_at", "history", "input"} & set(
+        group["steps"][0])
+    await postgres_journal._append_group(batches)
+    steps = await postgres_journal.load_steps("wf")
+    assert [(s.seq, s.status, s.output, s.error, s.finished_at, s.history) for s in steps] == [
+        (1, "started", None, None, None, None), (2, "started", None, None, None, None)]
