@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,7 +12,7 @@ from bench.polling import eventually
 from journal import Journal
 from runtime import RetryPolicy, Runtime, SimulatedCrash, WorkflowContext, current_step
 
-__all__ = ["FAST_RETRY", "Effects", "crashed", "run_one", "sequence", "wait_status"]
+__all__ = ["FAST_RETRY", "Effects", "crashed", "ids", "run_one", "sequence", "wait_status"]
 
 
 def _holds_crash(exc: BaseException) -> bool:
@@ -32,6 +33,13 @@ async def crashed() -> AsyncIterator[None]:
             raise
         return
     raise AssertionError("the runtime was expected to crash, and did not")
+
+
+def ids(first: str) -> Callable[[], str]:
+    """A Runtime's `new_id` whose first id (the first workflow's) is `first`: a
+    fresh id, as eager start needs, that the test knows."""
+    made = itertools.count()
+    return lambda: first if (n := next(made)) == 0 else f"{first}-{n}"
 
 
 async def wait_status(journal: Journal, workflow_id: str, status: str, timeout: float = 5) -> None:

@@ -3,8 +3,6 @@ run's first commit, and accepted still means durable. Against both journals."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +25,7 @@ from runtime import DelegatingJournal, RestartPolicy, Runtime, WorkflowContext
 from runtime.acceptance import ACCEPTANCE_PATIENCE
 from runtime.partitions import partition_of
 
-from .support import Effects, sequence, wait_status
+from .support import Effects, ids, sequence, wait_status
 
 
 class Recording(DelegatingJournal):
@@ -80,12 +78,6 @@ class Held:
         self.entered.set()
         await self.release.wait()
         return "held"
-
-
-def ids(first: str) -> Callable[[], str]:
-    """A Runtime's `new_id` whose first id (the first workflow's) is `first`."""
-    made = itertools.count()
-    return lambda: first if (n := next(made)) == 0 else f"{first}-{n}"
 
 
 async def test_a_fresh_start_is_accepted_by_its_runs_first_commit(journal: Journal) -> None:

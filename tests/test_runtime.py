@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +16,7 @@ from runtime import (
     WorkflowContext,
 )
 
-from .support import Effects, crashed, run_one, sequence, wait_status
+from .support import Effects, crashed, ids, run_one, sequence, wait_status
 
 
 async def test_a_workflow_runs_its_steps_once_and_returns_the_result(journal: Journal) -> None:
@@ -32,12 +30,6 @@ async def test_a_workflow_runs_its_steps_once_and_returns_the_result(journal: Jo
         (4, "s3", "completed"),
     ]
     assert {key for _, key in effects.calls} == {f"{done.id}:{seq}" for seq in range(1, 5)}
-
-
-def _ids(first: str) -> Callable[[], str]:
-    """A Runtime's `new_id` whose first id (the first workflow's) is `first`."""
-    made = itertools.count()
-    return lambda: first if (n := next(made)) == 0 else f"{first}-{n}"
 
 
 @pytest.mark.parametrize(
@@ -68,7 +60,7 @@ async def test_replay_after_a_crash_at_every_journal_write(
         workflow_id = f"wf-{k}-{eager}"
         async with crashed():
             # A fresh id (eager start takes only those) that the test knows.
-            async with Runtime(crashing, eager_start=eager, new_id=_ids(workflow_id)) as rt:
+            async with Runtime(crashing, eager_start=eager, new_id=ids(workflow_id)) as rt:
                 rt.register(workflow, name="seq")
                 await rt.start_workflow("seq", 1, actor_key=key)
                 await anyio.sleep(10)
