@@ -24,8 +24,9 @@ def main() -> None:
         return
     if args:
         # Not a benchmark's name (a typo, or --help): say what is, run nothing.
-        print(USAGE, file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
-        sys.exit(0 if args[0] in ("-h", "--help") else 2)
+        asked = args[0] in ("-h", "--help")
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else 2)
     for name in BENCHES:
         importlib.import_module(f"bench.{name}").main([])
 

@@ -67,11 +67,11 @@ class MemoryWriter(MemoryState, Writer):
     async def append(self, batch: Batch) -> None:
         async with self._lock:
             self._check_lease(batch.partition, batch.epoch)
-            if self._guards and batch.run is not None:
-                workflow_id = batch.run.workflow_id
-                _check_run(batch.run, self._workflows.get(workflow_id),
-                           inserted=any(wf.id == workflow_id for wf in batch.workflows))
             if self._guards:
+                if batch.run is not None:
+                    workflow_id = batch.run.workflow_id
+                    _check_run(batch.run, self._workflows.get(workflow_id),
+                               inserted=any(wf.id == workflow_id for wf in batch.workflows))
                 self._check_steps(batch)
                 self._check_statuses(batch)
             self._check_integrity(batch)

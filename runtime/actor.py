@@ -126,9 +126,13 @@ class Actor:
     def depth(self) -> int:
         return len(self._mailbox)
 
+    def has_work(self) -> bool:
+        """A message being handled, or queued."""
+        return self.running or bool(self._mailbox)
+
     def idle_for(self, now: float) -> float:
         """Seconds without work (0 while it has some)."""
-        return 0.0 if self.running or self._mailbox else now - self.idle_since
+        return 0.0 if self.has_work() else now - self.idle_since
 
     def deliver_nowait(self, message: Run) -> None:
         """Queue `message`, starting the actor's task if it has none. Raises

@@ -136,8 +136,6 @@ class Executor(ActorHost):
         fn = self._workflows.get(row.name)
         if fn is None:
             raise UnknownWorkflowTypeError(row.name, list(self._workflows))
-        if acceptance is not None and acceptance.landed:
-            acceptance = None
         ctx = WorkflowContext(self._committer, row, history, self._new_id(),
                               acceptance=acceptance)
         try:

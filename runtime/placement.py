@@ -163,7 +163,7 @@ class Placement:
         if partition_of(actor_key) not in self.epochs:
             return False
         actor = self.actors.get(actor_key)
-        return actor is None or not (actor.running or actor.depth())
+        return actor is None or not actor.has_work()
 
     def deliver_command(self, actor_key: str, workflow_id: str) -> None:
         """Queue the Run a command asks for, counted against the in-flight bound

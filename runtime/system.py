@@ -277,7 +277,8 @@ class Runtime:
         if name not in self._workflows:
             raise UnknownWorkflowTypeError(name, list(self._workflows))
         self._check_capacity(actor_key)
-        fresh_id = workflow_id is None and idempotency_key is None
+        # No id or key from the caller: no other start can name this workflow.
+        unnamed = workflow_id is None and idempotency_key is None
         new = NewWorkflow(
             id=workflow_id or self._new_id(),
             name=name,
@@ -289,7 +290,7 @@ class Runtime:
             trace_id=trace_id or self._new_id(),
             app_version=self.app_version,
         )
-        if fresh_id and self._starts_eagerly(actor_key):
+        if unnamed and self._starts_eagerly(actor_key):
             row = await self._start_eagerly(new)
             if row is not None:
                 return row, True
