@@ -18,6 +18,7 @@ from ._migrations import (
     v6_retention,
     v7_forks,
     v8_lean_writes,
+    v9_typed_group,
 )
 from ._pgconn import Conn
 
@@ -44,6 +45,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(7, "forks: forked_from and forked_at_seq, indexed", v7_forks.SQL),
     Migration(8, "lean writes: partial key and status indexes; a run's claim folded into "
               "its status change", v8_lean_writes.SQL),
+    Migration(9, "the group as typed arrays: retinue_append over composite types",
+              v9_typed_group.SQL),
 )
 
 # Any constant shared by every Retinue process; it names the migration lock.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+
 from journal import (
     Batch,
     Document,
@@ -13,8 +15,11 @@ from journal import (
     NewWorkflow,
     StepRecord,
 )
+from journal.migrations import MIGRATIONS
 
-__all__ = ["T0", "TRICKY", "batch", "doc", "event", "is_utc", "new_wf", "statuses", "step"]
+__all__ = [
+    "T0", "TRICKY", "batch", "doc", "event", "is_utc", "migrate_to", "new_wf", "statuses", "step",
+]
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -60,3 +65,15 @@ async def statuses(journal: Journal, *ids: str) -> list[str | None]:
 
 def is_utc(moment: datetime | None) -> bool:
     return moment is not None and moment.utcoffset() == timedelta(0)
+
+
+async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
+    """Bring an empty database to migration `last`, as a release that shipped it
+    would have left it: the tests of a later migration start from there."""
+    await conn.execute("CREATE TABLE retinue_migrations (version integer PRIMARY KEY, "
+                       "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+    for migration in MIGRATIONS:
+        if migration.version <= last:
+            await conn.execute(migration.sql)
+            await conn.execute("INSERT INTO retinue_migrations (version, name) VALUES ($1, $2)",
+                               migration.version, migration.name)

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 
 from journal import (
@@ -24,7 +23,6 @@ from journal import (
     StaleRunError,
     StatusChange,
     StepRecord,
-    _pgwrite,
 )
 from journal._migrations import v8_lean_writes
 from journal._pg_retention import _EXPIRE_ANY, _EXPIRE_HELD, _PRUNE_ANY, _PRUNE_HELD
@@ -36,6 +34,8 @@ from journal._pg_workflows import (
 )
 from journal._pg_writer import _CONFLICTING_WORKFLOW, _FREE_EXPIRED_KEY
 from journal.migrations import MIGRATIONS, migrate
+
+from .journal_support import migrate_to
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -162,26 +162,16 @@ async def test_a_group_claiming_one_workflow_twice_is_checked_claim_by_claim(
 # -- the migration, on a database at version 7 with rows in it --------------------------
 
 
-async def _migrate_to(conn: asyncpg.Connection, last: int) -> None:
-    await conn.execute("CREATE TABLE retinue_migrations (version integer PRIMARY KEY, "
-                       "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-    for migration in MIGRATIONS:
-        if migration.version <= last:
-            await conn.execute(migration.sql)
-            await conn.execute("INSERT INTO retinue_migrations (version, name) VALUES ($1, $2)",
-                               migration.version, migration.name)
-
-
 async def test_migration_8_applies_on_a_database_at_7_with_rows(pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        await _migrate_to(conn, 7)
+        await migrate_to(conn, 7)
         await conn.execute("""
             INSERT INTO workflows (id, name, actor_key, partition, status, idempotency_key)
             VALUES ('keyed', 'invite', 'c', 0, 'completed', 'k-1'),
                    ('plain', 'invite', 'c', 1, 'running', NULL),
                    ('plain-2', 'invite', 'c', 1, 'cancelled', NULL)""")
-        assert await migrate(conn) == [8]
+        assert await migrate(conn) == [8, 9]
         assert await conn.fetchval(_BY_IDEMPOTENCY_KEY.replace("SELECT", "SELECT id,", 1)
                                    + " LIMIT 1", "k-1") == "keyed"
         indexes = {row["indexname"]: row["indexdef"] for row in await conn.fetch(
@@ -297,24 +287,3 @@ async def test_recovery_and_listing_read_indexes(filled: asyncpg.Connection) -> 
     # An unfinished status: through the unfinished rows (or newest first), never a scan.
     for status in ("running", "waiting", "pending", "completed", "failed"):
         assert await _workflow_indexes(filled, _LIST_WORKFLOWS, *listing(status))
-
-
-# -- the group's argument: what it leaves out -------------------------------------------
-
-
-async def test_a_group_leaves_out_none_and_repeated_leases_and_reads_back_the_same(
-    postgres_journal: PostgresJournal,
-) -> None:
-    """The group's jsonb is parsed by PostgreSQL on every commit (a third of a
-    group's cost, docs/performance.md round 5): a step's None fields are left out
-    (a missing key reads as NULL), and a partition's lease is checked once."""
-    await new_workflow(postgres_journal)
-    batches = [by("run-a", steps=started(1)), by("run-a", steps=started(2))]
-    group = msgspec.json.decode(msgspec.json.encode(_pgwrite._group(batches)))
-    assert group["leases"] == [{"partition": 0, "epoch": 0}]
-    assert not {"output", "error", "finished_at", "fire_at", "history", "input"} & set(
-        group["steps"][0])
-    await postgres_journal._append_group(batches)
-    steps = await postgres_journal.load_steps("wf")
-    assert [(s.seq, s.status, s.output, s.error, s.finished_at, s.history) for s in steps] == [
-        (1, "started", None, None, None, None), (2, "started", None, None, None, None)]
