@@ -1,8 +1,10 @@
 """Group commit: appends from every actor share transactions.
 
-Whoever appends while fewer than `max_writers` groups are being written becomes
-a writer: it takes up to `max_batch` pending batches (its own among them, or
-others' queued before it) and writes them in ONE statement and one commit.
+Whoever appends while no group is being written becomes a writer: it takes up to
+`max_batch` pending batches (its own among them, or others' queued before it) and
+writes them in ONE statement and one commit. Beside a group in flight, a second
+writer (up to `max_writers`) starts only once as many batches are pending as the
+last group carried: smaller groups each paid a commit for little (`_shared`).
 Everyone else sleeps on their own slot. A writer that finishes wakes the slots it
 wrote, and the oldest slot still pending, whose owner becomes the next writer:
 one wake-up per waiter, never the whole queue. Nobody proceeds past a record
