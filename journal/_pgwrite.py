@@ -75,14 +75,17 @@ def group(batches: Sequence[Batch]) -> tuple[list[Any], ...]:
     steps: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
     for b in batches:
+        # What a step and an event carry of their batch: the lease it was written
+        # under (a step also its run), as STEP's and EVENT's batch_fields say.
+        lease = LEASE.record(b)
         if b.steps:
-            of_batch = (b.partition, b.epoch, b.run.run_id if b.run is not None else None)
+            of_batch = (*lease, b.run.run_id if b.run is not None else None)
             steps += [STEP.record(step) + of_batch for step in b.steps]
         if b.events:
-            events += [EVENT.record(e) + (b.partition, b.epoch) for e in b.events]
+            events += [EVENT.record(e) + lease for e in b.events]
     return (
         # One per partition and epoch: a group holds many batches of one partition.
-        list({(b.partition, b.epoch) for b in batches if b.epoch is not None}),
+        list({LEASE.record(b) for b in batches if b.epoch is not None}),
         [RUN.record(b.run) for b in batches if b.run is not None],
         [NEW_WORKFLOW.record(wf) for b in batches for wf in b.workflows],
         steps,

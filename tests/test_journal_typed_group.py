@@ -15,7 +15,7 @@ from journal import Batch, PostgresJournal, RunFence, StaleRunError, StepRecord,
 from journal._migrations import v9_typed_group
 from journal.migrations import MIGRATIONS, migrate
 
-from .journal_support import T0, TRICKY, batch, migrate_to, new_wf, step
+from .journal_support import T0, TRICKY, batch, event, migrate_to, new_wf, step
 
 _ATTRIBUTES = """
 SELECT array_agg(a.attname::text ORDER BY a.attnum)
@@ -50,10 +50,12 @@ def test_a_partitions_lease_goes_once_per_group() -> None:
 
 
 async def test_every_field_of_a_step_reads_back_as_written(
-    postgres_journal: PostgresJournal,
+    postgres_journal: PostgresJournal, pg_dsn: str,
 ) -> None:
     """Every column of a step through its composite type, with the batch's
-    partition, epoch and run (the fields the record does not carry itself)."""
+    partition, epoch and run (the fields the record does not carry itself; an
+    event carries the partition and epoch too). Partition 5 at epoch 0: the two
+    swapped would show."""
     await postgres_journal.create_workflow(new_wf("wf"))
     written = StepRecord(
         workflow_id="wf", seq=7, name="wait-for-go", kind="wait", status="started",
@@ -62,11 +64,18 @@ async def test_every_field_of_a_step_reads_back_as_written(
         fire_at=T0 + timedelta(days=3), history={"attempts": [{"error": "x"}]},
         app_version="v-42")
     await postgres_journal.append(batch(
-        run=RunFence(workflow_id="wf", run_id="run-a"), steps=(written,)))
+        partition=5, run=RunFence(workflow_id="wf", run_id="run-a"), steps=(written,),
+        events=(event("customer-1", 1, workflow_id="wf"),)))
     [stored] = await postgres_journal.load_steps("wf")
     expected = {name: getattr(written, name) for name in StepRecord.__struct_fields__}
     assert {name: getattr(stored, name) for name in StepRecord.__struct_fields__} == (
         expected | {"run_id": "run-a"})
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert tuple(await conn.fetchrow("SELECT partition, epoch FROM steps")) == (5, 0)
+        assert tuple(await conn.fetchrow("SELECT partition, epoch FROM events")) == (5, 0)
+    finally:
+        await conn.close()
 
 
 async def test_a_node_of_the_previous_release_appends_through_the_jsonb_function(
